@@ -1,0 +1,12 @@
+# tbot: the same steps as the README's `make run` (a venv, pinned dependencies, the main job).
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends make git && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY . /app
+RUN python3 -m venv .venv \
+ && .venv/bin/python -m pip install --quiet --upgrade pip \
+ && .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+ENV PATH=/app/.venv/bin:$PATH
+# Mount a store with -v $PWD/data:/app/data to keep candles between runs.
+ENTRYPOINT ["tbot"]
+CMD ["run"]

@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine with Python 3.11+ and make:
+#   make run   - create .venv, install tbot with pinned dependencies, run the main job
+#   make test  - create or update .venv, then: nbdev-clean + nbdev-export (must change nothing),
+#                nbdev-test (the notebooks' lesson cells), pytest tests/
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast install bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/tbot run
+
+# Hash every file under nbs/ and tbot/ before and after clean+export: any change means the
+# committed notebooks and package were out of sync (or a notebook was not clean).
+SYNC_HASH = find nbs tbot -type f -not -path '*/__pycache__/*' -not -path '*/.ipynb_checkpoints/*' | LC_ALL=C sort | xargs sha1sum | sha1sum
+
+test: install
+	@before=$$($(SYNC_HASH)); \
+	$(BIN)/nbdev-clean && $(BIN)/nbdev-export || exit 1; \
+	after=$$($(SYNC_HASH)); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev-clean/nbdev-export changed files: notebooks and tbot/ are out of sync. Commit the result:"; \
+	  git status --short nbs tbot; exit 1; fi
+	$(BIN)/nbdev-test --n-workers 2 --flags slow
+	$(BIN)/python -m pytest tests/
+
+# The same without the slow notebook cells and tests, for quick iterations.
+test-fast: install
+	$(BIN)/nbdev-clean && $(BIN)/nbdev-export
+	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/python -m pytest tests/ -m "not slow"
+
+bench: install
+	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
