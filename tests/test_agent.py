@@ -1,0 +1,135 @@
+"""The master agent on real BTC/ETH candles: decide/backtest parity, no future in learning, the portfolio stop, exchange rules, CLI."""
+import json, os, subprocess, sys
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+from tbot import agent, data, risk
+from tbot.config import TbotError
+
+TBOT = str(Path(sys.executable).parent / 'tbot')
+
+@pytest.fixture(scope='module')
+def candles(shared):
+    return {s: data.read_candle_file(shared / f"{s.replace('/', '_')}-1h.feather") for s in ('BTC/USDT', 'ETH/USDT')}
+
+def cut(candles, start, end):
+    return {s: df.loc[start:end] for s, df in candles.items()}
+
+@pytest.mark.slow
+def test_bar_by_bar_decide_equals_the_vectorized_plan(candles):
+    hist = cut(candles, '2021-09-01', '2022-01-31')
+    full = agent.plan(hist)
+    T = len(full.index)
+    names = full.policy.bot_names
+    replayed = 0
+    for t in range(T - 120, T):          # the last 120 bars, each decided from only the history up to it
+        d = agent.decide({s: df.iloc[:t + 1] for s, df in hist.items()})
+        assert d['time'] == str(full.index[t])
+        assert d['targets'] == {s: float(full.target[s].iloc[t]) for s in full.symbols}
+        assert d['split'] == dict(zip(names, map(float, full.split.iloc[t])))
+        for b, bot in enumerate(names):
+            for s, sym in enumerate(full.symbols):
+                assert d['bots'][bot][sym]['strategy'] == full.strategy_at(t, b, s)
+                assert d['bots'][bot][sym]['weight'] == float(full.weights[(bot, sym)].iloc[t])
+        replayed += 1
+    assert replayed == 120
+    # and the decisions did change over the replay: the test is not comparing constants
+    assert full.target.iloc[T - 120:].nunique().max() > 1 or len(set(map(tuple, full.choice[T - 120:].reshape(120, -1)))) > 1
+
+def test_learning_sees_no_future(candles):
+    hist = cut(candles, '2021-06-01', '2022-06-30')
+    base = agent.plan(hist)
+    t = len(base.index) // 2
+    rng = np.random.default_rng(0)
+    future = {}
+    for s, df in hist.items():   # scramble every candle after bar t: a different future
+        f = df.copy(); k = rng.lognormal(0, 0.05, len(df) - t - 1)
+        f.iloc[t + 1:, :4] = f.iloc[t + 1:, :4].to_numpy() * k[:, None]
+        future[s] = f
+    other = agent.plan(future)
+    np.testing.assert_array_equal(base.choice[:t + 1], other.choice[:t + 1])
+    np.testing.assert_array_equal(base.score[:t + 1], other.score[:t + 1])
+    pd.testing.assert_frame_equal(base.target.iloc[:t + 1], other.target.iloc[:t + 1])
+    assert not np.array_equal(base.choice[t + 1:], other.choice[t + 1:]) or not base.target.iloc[t + 1:].equals(other.target.iloc[t + 1:])
+
+def test_portfolio_stop_through_the_2022_bear_market(candles):
+    hist = cut(candles, '2021-09-01', '2022-12-31')
+    r = agent.backtest(hist, start='2022-01-01')
+    eq, units, fills = r.equity, r.simulation.units, r.simulation.fills
+    halted = r.stats['halted_at']
+    assert halted is not None                                       # 2022 takes the agent to its floor
+    h = eq.index.get_loc(pd.Timestamp(halted))
+    o = pd.DataFrame({s: df.loc[eq.index, 'open'] for s, df in hist.items()})
+    c = pd.DataFrame({s: df.loc[eq.index, 'close'] for s, df in hist.items()})
+    gap = (units.shift(1).fillna(0) * (c.shift(1) - o).clip(lower=0)).sum(axis=1)   # what a gap at the open could cost
+    costs = 1000 * (0.001 + 0.0005)
+    assert (eq >= 950 - gap - costs - 1e-6).all()                  # no bar ends below the floor by more than its gap
+    assert (units.iloc[h:] == 0).all().all() and (fills.time <= eq.index[h]).all()  # flat and halted afterwards
+    assert (eq.iloc[h:] == eq.iloc[h]).all()
+    assert r.decisions.kind.iloc[-1] == 'risk' and 'halted' in r.decisions.reason.iloc[-1]
+
+def test_portfolio_stop_on_a_constructed_crash(candles):
+    hist = cut(candles, '2021-09-01', '2021-12-31')
+    p = agent.plan(hist)
+    inv = np.flatnonzero((p.target.sum(axis=1) > 0.2).to_numpy())
+    i = int(inv[inv > len(p.index) // 2][0]) + 2                    # a bar where the agent holds more than 20%
+    crashed = {}
+    for s, df in hist.items():
+        f = df.copy(); f.iloc[i:, :4] = f.iloc[i:, :4].to_numpy() * 0.6   # a 40% gap down at bar i's open
+        crashed[s] = f
+    r = agent.backtest(crashed, p=p, start=hist['BTC/USDT'].index[len(p.index) // 2])
+    t = r.equity.index.get_loc(hist['BTC/USDT'].index[i])
+    assert r.stats['halted_at'] == str(hist['BTC/USDT'].index[i])
+    before = r.equity.iloc[t - 1]; held = r.simulation.units.iloc[t - 1]
+    gap_loss = sum(held[s] * (hist[s].close.iloc[i - 1] - crashed[s].open.iloc[i]) for s in hist)
+    assert gap_loss > 0 and r.equity.iloc[t] >= before - gap_loss - 1000 * 0.0015 - 1e-6   # loses the gap and one exit's costs, no more
+    assert (r.simulation.units.iloc[t:] == 0).all().all()
+
+def test_fills_respect_binance_amount_steps_and_minimum_notional(candles):
+    r = agent.backtest(cut(candles, '2021-01-01', '2021-06-30'), start='2021-03-01')
+    f = r.simulation.fills
+    assert len(f) > 10
+    for sym, g in f.groupby('symbol'):
+        step = risk.RECORDED_MARKETS[sym].amount_step
+        assert np.allclose(g.units / step, np.round(g.units / step), atol=1e-6)
+    opening = f[f.units > 0]
+    assert (opening.units * opening.price >= 5.0).all()
+
+def test_policy_errors_are_one_line(monkeypatch):
+    monkeypatch.setenv('TBOT_ALLOCATION_BEAR_SPLIT', '0.5,0.5')
+    with pytest.raises(TbotError, match='expected 3 shares'): agent.load_policy()
+    monkeypatch.setenv('TBOT_ALLOCATION_BEAR_SPLIT', '0.2,0.0,0.8')
+    monkeypatch.setenv('TBOT_BOTS_CORE_STRATEGIES', 'ema_cross,nope')
+    with pytest.raises(TbotError, match='nope'): agent.plan({'BTC/USDT': pd.DataFrame(), 'ETH/USDT': pd.DataFrame()})
+
+@pytest.fixture
+def sliced_store(store, candles):
+    for s, df in candles.items():
+        data.write_series(df.loc['2021-06-01':'2022-12-31'], data.Series('binance', s, '1h'), store)
+    return store
+
+@pytest.mark.slow
+def test_cli_backtest_json_puts_agent_and_buy_and_hold_side_by_side(sliced_store):
+    p = subprocess.run([TBOT, 'agent', 'backtest', '--symbols', 'BTC/USDT,ETH/USDT', '--timeframe', '1h', '--start', '2022-01-01', '--json'],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    for side in ('stats', 'benchmark'):
+        assert {'total_return', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid'} <= set(out[side])
+    assert out['stats']['min_equity'] >= 0.95 * (1 - 0.0015) - 1e-9
+    assert out['benchmark']['min_equity'] < 0.5                     # buy-and-hold through 2022 lost more than half
+    a = out['assumptions']
+    assert (a['fees'], a['slippage'], a['fill'], a['sample'], a['synthetic']) == (0.001, 0.0005, 'next_open', 'in-sample', False)
+    assert out['ledger_run'] >= 1 and (sliced_store / 'ledger.sqlite').exists()
+    led = subprocess.run([TBOT, 'ledger', '--json'], capture_output=True, text=True, timeout=120)
+    assert led.returncode == 0 and 'ema_cross' in led.stdout
+
+@pytest.mark.slow
+def test_cli_explain_shows_what_the_agent_saw(sliced_store):
+    p = subprocess.run([TBOT, 'agent', 'explain', '--at', '2022-06-18', '--json'], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out['time'] == '2022-06-18 00:00:00+00:00'
+    assert set(out['regimes']) == {'BTC/USDT', 'ETH/USDT'} and set(out['bots']) == {'core', 'scalping', 'risk'}
+    assert abs(sum(out['split'].values()) - 1) < 1e-9
+    bad = subprocess.run([TBOT, 'agent', 'explain', '--at', '2001-01-01'], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'Traceback' not in bad.stderr

@@ -1,0 +1,157 @@
+"""`tbot report`: papermill runs of the run notebooks on real data, their artefacts, failures, secrets and batches on Dask."""
+import csv, hashlib, json, os, re, subprocess, sys
+from pathlib import Path
+import nbformat, pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+TBOT = str(Path(sys.executable).parent / 'tbot')
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = re.compile(r'^\d{8}T\d{6}Z-')
+
+def tbot(*args, env=None, timeout=300):
+    return subprocess.run([TBOT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+def published(reports): return sorted(d for d in Path(reports).iterdir() if d.is_dir() and RUN_DIR.match(d.name)) if Path(reports).exists() else []
+
+def sha256(path): return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+def tiny_notebook(path, body=''):
+    "A minimal run notebook: parameters x, fail, leak; records a metric; `body` runs before recording."
+    cells = [new_code_cell("x = 1        # a number\nfail = False # raise in the second cell\nleak = False # print a credential assembled at run time\noutput_dir = ''", metadata={'tags': ['parameters']}),
+             new_code_cell("import os\nfrom tbot import reports\nif fail: raise ValueError('boom on purpose')\n"
+                           "if leak: print('sk-live-' + 'A1B2C3D4E5')\n" + body +
+                           "\nreports.record(output_dir, title=f'tiny {x}', metrics={'headline': {'x': x, 'kernel_sees_secret': any('SECRET' in k for k in os.environ)}})")]
+    nb = new_notebook(cells=cells, metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
+    nbformat.write(nb, str(path))
+    return str(path)
+
+@pytest.fixture
+def btc_2023(store, shared):
+    "The store holding the real BTC/USDT 1h candles of 2023 (imported from the shared folder, then sliced)."
+    from tbot import data
+    df = data.read_candle_file(shared / 'BTC_USDT-1h.feather').loc['2023']
+    return data.write_series(df, data.Series('binance', 'BTC/USDT', '1h'))
+
+def test_help_and_list():
+    assert 'usage:' in tbot('report', '--help').stdout
+    rows = json.loads(tbot('report', '--list', '--json').stdout)
+    assert {'backtest', 'walkforward', 'data_refresh'} <= {r['notebook'] for r in rows}
+
+@pytest.mark.slow
+def test_data_refresh_report_artefacts_manifest_and_index(btc_2023, store):
+    p = tbot('report', 'data_refresh', '-p', 'symbols', 'BTC/USDT', '-p', 'timeframes', '1h', '-p', 'fetch', 'false', '--json')
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    [run] = published(reports)
+    assert res['status'] == 'ok' and Path(res['folder']) == run and run.name.endswith('-data_refresh')
+    assert sorted(f.name for f in run.iterdir()) == ['data_refresh.html', 'data_refresh.ipynb', 'manifest.json', 'metrics.json']
+    m = json.loads((run / 'manifest.json').read_text())
+    [d] = m['data']
+    assert d['sha256'] == sha256(btc_2023) and d['rows'] == 8759 and d['first'].startswith('2023-01-01') and d['last'].startswith('2023-12-31 23')
+    assert m['gaps'] == {'binance BTC/USDT 1h': 1} and d['missing_bars'] == 1
+    assert m['parameters'] == {'symbols': 'BTC/USDT', 'timeframes': '1h', 'fetch': False}
+    assert m['status'] == 'ok' and m['tbot_version'] and re.fullmatch(r'[0-9a-f]{40}(\+dirty)?|unknown', m['git_commit'])
+    assert m['files']['data_refresh.ipynb'] == sha256(run / 'data_refresh.ipynb')
+    assert json.loads((run / 'metrics.json').read_text())['headline']['BTC/USDT 1h rows'] == 8759
+    page = (run / 'data_refresh.html').read_text()
+    assert 'reports.record(' not in page and 'import pandas' not in page       # no input cells
+    assert 'missing_bars' in page and re.findall(r'<script[^>]+src=', page) == []  # outputs kept, nothing fetched from the web
+    executed = nbformat.read(str(run / 'data_refresh.ipynb'), as_version=4)
+    assert any('injected-parameters' in c.metadata.get('tags', []) for c in executed.cells)
+    index = (reports / 'index.html').read_text()
+    assert f'{run.name}/data_refresh.html' in index and '8,759' in index
+    assert not list(reports.glob('.running-*'))
+
+@pytest.mark.slow
+def test_a_failing_notebook_fails_the_command_and_publishes_nothing(store, tmp_path):
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    p = tbot('report', nb, '-p', 'fail', 'true')
+    assert p.returncode == 1 and 'FAILED' in p.stderr and 'boom on purpose' in p.stderr, p.stderr
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    assert published(reports) == [] and not list(reports.glob('.running-*'))
+    [failed] = list((reports / 'failed').iterdir())
+    assert sorted(f.name for f in failed.iterdir()) == ['FAILED.txt', 'kernel-stderr.txt', 'tiny.ipynb']
+    assert 'ValueError' in (failed / 'FAILED.txt').read_text()
+    kept = nbformat.read(str(failed / 'tiny.ipynb'), as_version=4)
+    assert any(o.get('ename') == 'ValueError' for c in kept.cells if c.cell_type == 'code' for o in c.outputs)
+    assert not list(reports.rglob('metrics.json')) and not list(reports.rglob('manifest.json'))
+    assert 'Failed runs' in (reports / 'index.html').read_text()
+
+def test_secrets_are_refused_as_parameters(store, tmp_path):
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    for name in ('api_key', 'secret', 'binance_password', 'params.token'):
+        p = tbot('report', nb, '-p', name, 'whatever')
+        assert p.returncode == 2 and 'looks like a credential' in p.stderr and p.stderr.count('\n') == 1, p.stderr
+    p = tbot('report', nb, '-p', 'x', 'my-very-secret-value', env={'TBOT_BINANCE_API_SECRET': 'my-very-secret-value'})
+    assert p.returncode == 2 and 'TBOT_BINANCE_API_SECRET' in p.stderr and 'my-very-secret-value' not in p.stderr
+    p = tbot('report', nb, '-p', 'nope', '1')
+    assert p.returncode == 2 and "no parameter 'nope'" in p.stderr
+    assert not Path(os.environ['TBOT_REPORTS_DIR']).exists()
+
+@pytest.mark.slow
+def test_a_secret_in_the_output_is_never_published(store, tmp_path):
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    env = {'TBOT_BINANCE_API_SECRET': 'sk-live-A1B2C3D4E5'}
+    ok = tbot('report', nb, '--json', env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)['headline']['kernel_sees_secret'] is False  # the kernel runs without the credentials
+    p = tbot('report', nb, '-p', 'leak', 'true', env=env)
+    assert p.returncode == 1 and 'TBOT_BINANCE_API_SECRET' in p.stderr and 'sk-live' not in p.stderr, p.stderr
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    assert len(published(reports)) == 1
+    [failed] = list((reports / 'failed').iterdir())
+    assert [f.name for f in failed.iterdir()] == ['FAILED.txt']
+    assert not [f for f in reports.rglob('*') if f.is_file() and b'sk-live-A1B2C3D4E5' in f.read_bytes()]
+
+@pytest.mark.slow
+def test_a_batch_on_a_local_cluster_reports_a_failed_run_and_finishes_the_rest(btc_2023, store):
+    # XRP/USDT is not in the store: that run fails, the BTC/USDT run still publishes
+    p = tbot('report', 'data_refresh', '-p', 'timeframes', '1h', '-p', 'fetch', 'false', '--grid', 'symbols=BTC/USDT,XRP/USDT', '--json')
+    assert p.returncode == 1, p.stderr
+    res = json.loads(p.stdout)
+    assert (res['ok'], res['failed']) == (1, 1)
+    by = {r['label']: r for r in res['runs']}
+    assert by['symbols=BTC/USDT']['status'] == 'ok' and by['symbols=BTC/USDT']['headline']['BTC/USDT 1h rows'] == 8759
+    assert by['symbols=XRP/USDT']['status'] == 'failed' and 'XRP/USDT 1h' in by['symbols=XRP/USDT']['error']
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    [run] = published(reports)
+    assert json.loads((run / 'manifest.json').read_text())['parameters']['symbols'] == 'BTC/USDT'
+    rows = list(csv.DictReader(open(res['csv'])))
+    assert [(r['run'], r['status']) for r in rows] == [('symbols=BTC/USDT', 'ok'), ('symbols=XRP/USDT', 'failed')]
+    assert Path(res['summary']).name in (reports / 'index.html').read_text()
+
+def test_bad_grid_is_one_line(store):
+    for grid in ('symbols', 'symbols=', 'nope=1,2'):
+        p = tbot('report', 'data_refresh', '--grid', grid)
+        assert p.returncode == 2 and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr, p.stderr
+
+@pytest.mark.slow
+def test_backtest_report_metrics_equal_a_direct_backtest(btc_2023, store):
+    from tbot import backtest as bt
+    from tbot import data
+    from tbot.reports import jsonable
+    p = tbot('report', 'backtest', '-p', 'symbols', 'BTC/USDT', '-p', 'start', '2023-01-01', '-p', 'end', '2023-06-30 23:00',
+             '-p', 'strategy', 'ema_cross', '-p', 'params.fast', '12', '-p', 'params.slow', '48', '-p', 'fees', '0.00075', '--json')
+    assert p.returncode == 0, p.stderr
+    run = Path(json.loads(p.stdout)['folder'])
+    metrics = json.loads((run / 'metrics.json').read_text())
+    df = data.load('BTC/USDT', '1h', start='2023-01-01', end='2023-06-30 23:00')
+    direct = bt.backtest(df, 'ema_cross', {'fast': 12, 'slow': 48}, fees=0.00075, slippage=0.0005, init_cash=1000, fill='next_open')
+    assert metrics['stats'] == jsonable(dict(direct.stats))
+    assert metrics['benchmark'] == jsonable(dict(direct.benchmark.stats))
+    m = json.loads((run / 'manifest.json').read_text())
+    assert m['assumptions']['fees'] == 0.00075 and m['assumptions']['fill'] == 'next_open' and m['assumptions']['sample'] == 'in-sample'
+    assert m['data'][0]['sha256'] == sha256(btc_2023) and m['data'][0]['rows'] == len(df)
+    page = (run / 'backtest.html').read_text()
+    assert page.count('plotly.js v') == 1 and re.findall(r'<script[^>]+src=', page) == []  # plotly embedded once, works offline
+    assert 'in-sample' in page and 'buy-and-hold' in page
+
+@pytest.mark.slow
+def test_main_job_on_an_empty_store_offline_is_labelled_synthetic(store):
+    from tbot.reports import main_job
+    folder = main_job(offline=True, say=lambda m: None)
+    m = json.loads((folder / 'manifest.json').read_text())
+    assert m['synthetic'] is True and m['title'].startswith('SYNTHETIC') and 'SYNTHETIC' in m['summary']
+    assert m['data'][0]['exchange'] == 'synthetic'
+    assert 'SYNTHETIC' in (folder / 'backtest.html').read_text()
