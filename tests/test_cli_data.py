@@ -93,17 +93,24 @@ def test_a_crash_mid_write_leaves_the_previous_file_intact(store, shared):
     from tbot.data import load
     assert len(load('BTC/USDT', '1h', 'binance', data_dir=store)) == 73265
 
-def test_run_on_an_empty_store_without_network_uses_a_loudly_synthetic_market(store):
+@pytest.mark.slow
+def test_run_on_an_empty_store_without_network_publishes_a_loudly_synthetic_report(store):
     env = {'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', 'NO_PROXY': ''}
     p = tbot('run', env=env)
-    assert 'SYNTHETIC' in p.stdout.splitlines()[-1] and 'fetch failed' in p.stdout
-    assert files(store) == ['synthetic/SYN_USDT-1h.parquet']
-    out = json.loads(tbot('run', '--json', env=env).stdout)
-    assert out['synthetic_only'] and out['inventory'][0]['synthetic'] and out['quality'][0]['synthetic']
+    lines = p.stdout.splitlines()
+    assert 'fetch failed' in p.stdout and 'SYNTHETIC' in lines[-1]
+    assert files(store) == ['synthetic/BTC_USDT-1h.parquet', 'synthetic/ETH_USDT-1h.parquet']
+    out = json.loads(tbot('run', '--json', env=env).stdout)         # the second run reuses the synthetic store
+    assert out['synthetic'] and 'SYNTHETIC' in out['title'] and 'synthetic' in out['summary'].lower()
+    assert Path(out['html']).is_file() and Path(out['index']).is_file()
 
-def test_run_reports_on_what_the_store_holds(store, shared):
-    tbot('data', 'import', str(shared))
+@pytest.mark.slow
+def test_run_reports_on_real_candles_in_the_store(store, shared):
+    from tbot import data
+    for s in ('BTC/USDT', 'ETH/USDT'):
+        df = data.read_candle_file(shared / f"{s.replace('/', '_')}-1h.feather").loc['2022-06-01':'2023-06-30']
+        data.write_series(df, data.Series('binance', s, '1h'), store)
     out = json.loads(tbot('run', '--json').stdout)
-    assert not out['synthetic_only'] and len(out['inventory']) == 6
-    btc = next(q for q in out['quality'] if q['symbol'] == 'BTC/USDT' and q['timeframe'] == '1h')
-    assert btc['gap_count'] == 27 and btc['missing_bars'] == 122
+    assert not out['synthetic'] and 'SYNTHETIC' not in out['title']
+    m = json.loads((Path(out['report']) / 'manifest.json').read_text())
+    assert m['status'] == 'ok'
