@@ -156,8 +156,9 @@ def test_cli_backtest_json_and_errors(btc_store, btc):
                 '--start', '2022-01-01', '--end', '2022-12-31', '--fees', '0.00075', '--json')
     assert out.returncode == 0, out.stderr
     o = json.loads(out.stdout)
-    ts = lambda x: pd.Timestamp(x, tz='UTC')  # `tbot.data.load` ends at the --end timestamp itself
-    ref = backtest(btc.loc[ts('2022-01-01'):ts('2022-12-31')], 'ema_cross', {'fast': 10, 'slow': 40}, fees=0.00075)
+    # a bare --end date includes that whole day, as pandas' own date slicing does
+    ref = backtest(btc.loc['2022-01-01':'2022-12-31'], 'ema_cross', {'fast': 10, 'slow': 40}, fees=0.00075)
+    assert o['stats']['end'] == '2022-12-31 23:00:00+00:00'
     assert o['stats']['final_equity'] == pytest.approx(ref.stats['final_equity'], rel=1e-12)
     assert o['assumptions']['fees'] == 0.00075 and o['assumptions']['sample'] == 'in-sample' and o['benchmark']['trades'] == 0
     for args, msg in [(['--strategy', 'nope'], "unknown strategy 'nope'"), (['--strategy', 'ema_cross', '--params', 'fast=1'], 'out of range'),
