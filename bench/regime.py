@@ -30,7 +30,9 @@ def pandas_rules(df, p=regime.rules_params()):
     di = (100 * pdm.ewm(alpha=a, adjust=False).mean() / atr_ - 100 * mdm.ewm(alpha=a, adjust=False).mean() / atr_) / 10
     T = (sum(drifts) + gap + slope + di) / (len(drifts) + 3)
     lrv = np.log(rv(p['vol_window'])); V = lrv - lrv.ewm(span=p['history'], min_periods=p['min_history']).mean().shift(1)
-    v = df.volume; A = (V + np.log(v.ewm(span=p['vol_window']).mean() / v.ewm(span=p['history'], min_periods=p['min_history']).mean().shift(1))) / 2
+    lv = np.log(df.volume.ewm(span=p['vol_window']).mean())
+    floor = lambda x: x.rolling(p['history'], min_periods=p['min_history']).quantile(p['floor']).shift(1)
+    A = ((lrv - floor(lrv)) + (lv - floor(lv))) / 2
     s, age, out = -1, 0, []
     for t_, v_, a_ in zip(T.to_numpy(), V.to_numpy(), A.to_numpy()):
         if np.isnan(t_) or np.isnan(v_) or np.isnan(a_): out.append(-1); continue
@@ -41,6 +43,9 @@ def pandas_rules(df, p=regime.rules_params()):
         else: age += 1
         out.append(s)
     return out
+
+check = np.array(pandas_rules(btc)); mine = regime.detect(btc, 'rules').cat.codes.to_numpy()
+print(f"reference agrees with tbot on {np.mean(check == mine):.4%} of bars")
 
 ours = best(lambda: regime.detect(btc, 'rules'))
 feats = best(lambda: regime.rules_features(btc, regime.rules_params()))

@@ -45,10 +45,11 @@ def check_candles(
     return df
 
 # %% ../nbs/03_regime.ipynb #b42df5c7
-_RULES_DEFAULTS = dict(trend_windows=(96, 336), slow=168, adx_n=56, vol_window=48, history=4000, min_history=720,
-                       volatile_enter=0.3, volatile_exit=0.15, active=-0.3, trend_active=0.0, trend_quiet=1.5, trend_strong=3.0,
-                       hysteresis=0.4, min_dwell=24)
-_RULES_SETTINGS = ('history', 'volatile_enter', 'volatile_exit', 'active', 'trend_quiet', 'trend_strong', 'hysteresis', 'min_dwell')
+_RULES_DEFAULTS = dict(trend_windows=(96, 336), slow=168, adx_n=56, vol_window=48, history=4000, min_history=720, floor=0.1,
+                       volatile_enter=0.45, volatile_exit=0.15, active=0.15, trend_active=0.2, trend_quiet=1.5, trend_strong=3.0,
+                       hysteresis=0.8, min_dwell=24)
+_RULES_SETTINGS = ('history', 'floor', 'volatile_enter', 'volatile_exit', 'active', 'trend_active', 'trend_quiet', 'trend_strong',
+                   'hysteresis', 'min_dwell')
 
 def _from_settings(defaults:dict, keys, prefix='')->dict:
     s, p = settings(), dict(defaults)
@@ -84,9 +85,9 @@ def rules_features(
     span, mp = p['history'], p['min_history']
     lrv = np.log(ind.realized_vol(c, p['vol_window']))
     vol = lrv - lrv.ewm(span=span, min_periods=mp).mean().shift(1)              # against its own history, up to the previous bar
-    v = df['volume'].astype('float64')
-    busy = np.log(v.ewm(span=p['vol_window']).mean() / v.ewm(span=span, min_periods=mp).mean().shift(1))
-    activity = (vol + busy) / 2
+    lv = np.log(df['volume'].astype('float64').ewm(span=p['vol_window']).mean())
+    floor = lambda x: x.rolling(span, min_periods=mp).quantile(p['floor']).shift(1)  # the quiet floor of its history, up to the previous bar
+    activity = ((lrv - floor(lrv)) + (lv - floor(lv))) / 2
     out = pd.DataFrame({'trend': trend, 'vol': vol, 'activity': activity}, index=df.index)
     out.iloc[:warmup_bars(p)] = np.nan
     return out.replace([np.inf, -np.inf], np.nan)
