@@ -7,6 +7,7 @@ Docs: https://tbot-dev.github.io/tbot/agent.html.md"""
 # %% ../nbs/07_agent.ipynb #d9eb3a58
 from __future__ import annotations
 import math
+import dataclasses
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd
 from numba import njit
@@ -14,9 +15,9 @@ from .config import TbotError, settings
 from .data import REGIMES, timeframe_delta, _utc
 
 # %% auto #0
-__all__ = ['Bot', 'Policy', 'load_policy', 'decide_loop', 'candidate_exposure', 'Plan', 'plan', 'decision_log', 'agent_trades',
-           'attribution', 'AgentResult', 'backtest', 'decide', 'explain', 'walk_forward', 'shadow_performance',
-           'record', 'load_data', 'cli_agent']
+__all__ = ['Bot', 'Policy', 'load_policy', 'decide_loop', 'candidate_exposure', 'Plan', 'plan', 'bot_frames', 'decision_log',
+           'agent_trades', 'attribution', 'AgentResult', 'backtest', 'decide', 'cut', 'explain', 'walk_forward',
+           'shadow_performance', 'record', 'load_data', 'load_bot_data', 'cli_agent']
 
 # %% ../nbs/07_agent.ipynb #8dd60b9e
 @dataclass
@@ -140,7 +141,7 @@ def _frames(data:dict, symbols:list[str])->dict:
     by_sym = {}
     for k, df in data.items():
         sym = k[0] if isinstance(k, tuple) else k
-        if sym in by_sym: raise TbotError(f"two frames for {sym}: the agent runs every bot on one timeframe")
+        if sym in by_sym: raise TbotError(f"two frames for {sym}: give one timeframe, or several keyed by (symbol, timeframe) for bots on their own timeframes")
         by_sym[sym] = df
     missing = [s for s in symbols if s not in by_sym]
     if missing: raise TbotError(f"no candles for {', '.join(missing)} (the bots trade {', '.join(symbols)})")
@@ -230,6 +231,8 @@ class Plan:
     weights:pd.DataFrame     # (bot, symbol) exposure as a fraction of portfolio equity, after sizing and limits
     target:pd.DataFrame      # per symbol: the sum over bots, decided on each close
     shadow:dict              # (bot, symbol, strategy) -> shadow returns per bar
+    timeframe:str|None=None  # the bar size of `index` when bots run on their own timeframes
+    parts:dict=field(default_factory=dict) # timeframe -> the plan of the bots on it (bots on their own timeframes only)
 
     def strategy_at(self, t:int, b:int, s:int)->str|None:
         "The strategy bot b runs on symbol s after bar t."
@@ -237,12 +240,20 @@ class Plan:
         return None if k < 0 else self.candidates[b][k]
 
 # %% ../nbs/07_agent.ipynb #99b6665c
+def _split(policy:Policy, codes:np.ndarray)->np.ndarray:
+    "Capital share per bot after each bar, from the regime codes that drive it (the base split while unknown)."
+    split = np.tile(policy.base_split, (len(codes), 1))
+    for r, reg in enumerate(REGIMES): split[codes == r] = policy.split[reg]
+    return split
+
 def plan(
     data:dict,                # {symbol: candles} (or {(symbol, timeframe): candles}), all on the same timestamps
     policy:Policy|None=None,  # bots and decision matrix; `load_policy()` when None
     detector:str|None=None,   # regime detector; `[regime] detector` when None
     fees:float|None=None,     # fee per fill, for the shadow records; `[backtest] fees` when None
     rebalance_step:float=0.05, # targets are rounded down to multiples of this
+    regimes:pd.DataFrame|None=None, # regime per bar and symbol, already read; detected on these candles when None
+    split:np.ndarray|None=None,     # (bars, bots) capital share per bot, already set; from the first symbol's regime when None
 )->Plan:
     "Run the whole decision process over the candles: regimes, candidates, learning, choice, capital, sizing."
     from tbot.regime import detect
@@ -250,6 +261,7 @@ def plan(
     from tbot import risk
     policy = policy or load_policy()
     fees = settings().getfloat('backtest', 'fees', 0.001) if fees is None else fees
+    if _multi(data): return _plan_multi(data, policy, detector, fees, rebalance_step)
     symbols = list(dict.fromkeys(s for b in policy.bots for s in b.symbols))
     candidates = [list(b.strategies) for b in policy.bots]
     for names in candidates:  # a bad policy fails before any work is done
@@ -258,7 +270,7 @@ def plan(
     frames = _frames(data, symbols)
     index = frames[symbols[0]].index
     T, B, S = len(index), len(policy.bots), len(symbols)
-    regimes = pd.DataFrame({s: detect(frames[s], detector) for s in symbols}, index=index)
+    if regimes is None: regimes = pd.DataFrame({s: detect(frames[s], detector) for s in symbols}, index=index)
     codes = np.stack([_codes(regimes[s]) for s in symbols], axis=1)
     K = max(len(c) for c in candidates)
     rets = np.full((T, B, S, K), np.nan); expo = np.full((T, B, S, K), np.nan)
@@ -281,8 +293,7 @@ def plan(
     ann = math.sqrt(risk.bars_per_year(index))
     choice, score, best = decide_loop(codes, rets, prior, trades, policy.halflife, policy.evidence_bars, policy.min_hold,
                                       policy.switch_margin, ann)
-    split = np.tile(policy.base_split, (T, 1))
-    for r, reg in enumerate(REGIMES): split[codes[:, 0] == r] = policy.split[reg]
+    if split is None: split = _split(policy, codes[:, 0])
     cfg = risk.risk_config()
     vol = {sym: risk.vol_scale(frames[sym]['close']).fillna(0.0).to_numpy() for sym in symbols}
     cols, w = [], []
@@ -304,6 +315,93 @@ def plan(
               for b in range(B) for s in range(S) if trades[b, s] for k in range(len(candidates[b]))}
     return Plan(index, policy, symbols, regimes, candidates, choice, score, best,
                 pd.DataFrame(split, index=index, columns=policy.bot_names), weights, target, shadow)
+
+# %% ../nbs/07_agent.ipynb #9ddbde84
+def _multi(data:dict)->bool:
+    "Does `data` hold candles of more than one timeframe, keyed by (symbol, timeframe)?"
+    return len({k[1] for k in data if isinstance(k, tuple)}) > 1
+
+def _asof(src:pd.DatetimeIndex, src_tf:str, dst:pd.DatetimeIndex, dst_tf:str)->np.ndarray:
+    "For each bar of `dst`, the position of the latest `src` bar closed by the time it closes (-1 if none yet)."
+    return src.searchsorted(dst + timeframe_delta(dst_tf) - timeframe_delta(src_tf), side='right') - 1
+
+def _take(a:np.ndarray, j:np.ndarray, fill)->np.ndarray:
+    "Rows `j` of `a`, with `fill` where j is -1."
+    out = a[np.maximum(j, 0)].copy(); out[j < 0] = fill
+    return out
+
+def bot_frames(
+    data:dict,      # {(symbol, timeframe): candles}
+    policy:Policy,  # the bots, each with its timeframe
+)->tuple[dict, str, str]: # ({timeframe: {symbol: candles}} cut to the time all cover, lead timeframe, finest timeframe)
+    "The candles each group of bots needs, on the span every one of them covers; refusing what is missing."
+    if not all(isinstance(k, tuple) for k in data): raise TbotError("give every market as (symbol, timeframe) when bots run on their own timeframes")
+    tfs = list(dict.fromkeys(b.timeframe for b in policy.bots))
+    lead, base = tfs[0], min(tfs, key=timeframe_delta)
+    symbols = list(dict.fromkeys(s for b in policy.bots for s in b.symbols))
+    need = {tf: [] for tf in tfs}
+    for b in policy.bots: need[b.timeframe] += b.symbols
+    need[lead] += symbols; need[base] += symbols  # the regimes are read on the lead timeframe; the portfolio is marked on the finest
+    need = {tf: list(dict.fromkeys(v)) for tf, v in need.items()}
+    for tf, syms in need.items():
+        missing = [s for s in syms if (s, tf) not in data]
+        if missing:
+            who = ', '.join(b.name for b in policy.bots if b.timeframe == tf) or 'the portfolio'
+            raise TbotError(f"no {', '.join(missing)} {tf} candles ({who} run on {tf}; the regimes are read on {lead}, the portfolio on {base})")
+    # a frame is complete until its next bar would have closed: an hourly frame ending with the 12:00 bar still serves 5m bars up to 13:55
+    span = [(data[(s, tf)].index[0], data[(s, tf)].index[-1] + 2 * timeframe_delta(tf) - timeframe_delta(base)) for tf, syms in need.items() for s in syms]
+    lo, hi = max(a for a, _ in span), min(b for _, b in span)
+    out = {}
+    for tf, syms in need.items():
+        d = timeframe_delta(tf)
+        out[tf] = {s: data[(s, tf)][(data[(s, tf)].index >= lo) & (data[(s, tf)].index + d <= hi)] for s in syms}
+        short = [s for s, f in out[tf].items() if len(f) < 2]
+        if short: raise TbotError(f"the {', '.join(f'{s} {t}' for t in need for s in need[t])} candles share no time range")
+        out[tf] = _frames(out[tf], syms)
+    return out, lead, base
+
+def _plan_multi(data:dict, policy:Policy, detector, fees, rebalance_step)->Plan:
+    "Plan each group of bots on its own timeframe under the lead timeframe's regimes, then put them on the finest timeframe's bars."
+    from tbot.regime import detect
+    from tbot import risk
+    frames, lead, base = bot_frames(data, policy)
+    symbols = list(dict.fromkeys(s for b in policy.bots for s in b.symbols))
+    L = frames[lead][symbols[0]].index
+    lead_codes = np.stack([_codes(detect(frames[lead][s], detector)) for s in symbols], axis=1)
+    lead_split = _split(policy, lead_codes[:, 0])
+    X = frames[base][symbols[0]].index
+    T, B, S = len(X), len(policy.bots), len(symbols)
+    choice = np.full((T, B, S), -1, np.int16); score = np.full((T, B, S), np.nan); best = np.full((T, B, S), -1, np.int16)
+    candidates, parts, weights = [None] * B, {}, []
+    for tf in frames:
+        bi = [i for i, b in enumerate(policy.bots) if b.timeframe == tf]
+        if not bi: continue
+        syms = list(dict.fromkeys(s for i in bi for s in policy.bots[i].symbols))
+        G = frames[tf][syms[0]].index
+        j = _asof(L, lead, G, tf)
+        codes = _take(lead_codes[:, [symbols.index(s) for s in syms]], j, -1)
+        regimes = pd.DataFrame({s: pd.Categorical.from_codes(codes[:, n], categories=REGIMES) for n, s in enumerate(syms)}, index=G)
+        sub = dataclasses.replace(policy, bots=[policy.bots[i] for i in bi], split={r: v[bi] for r, v in policy.split.items()})
+        part = plan({s: frames[tf][s] for s in syms}, sub, detector, fees, rebalance_step, regimes=regimes,
+                    split=_take(lead_split, j, policy.base_split)[:, bi])
+        parts[tf] = part
+        jx = _asof(G, tf, X, base); known = jx >= 0
+        for n, i in enumerate(bi):
+            candidates[i] = part.candidates[n]
+            for m, s in enumerate(part.symbols):
+                c = symbols.index(s)
+                choice[:, i, c] = _take(part.choice[:, n, m], jx, -1); best[:, i, c] = _take(part.best[:, n, m], jx, -1)
+                score[:, i, c] = _take(part.score[:, n, m], jx, np.nan)
+        weights.append(pd.DataFrame(_take(part.weights.to_numpy(), jx, 0.0), index=X, columns=part.weights.columns))
+    cols = [(b.name, s) for b in policy.bots for s in symbols if (b.name, s) in sum((list(w.columns) for w in weights), [])]
+    w = risk.apply_limits(pd.concat(weights, axis=1)[cols], risk.risk_config())
+    target = w.T.groupby(level='symbol', sort=False).sum().T.reindex(columns=symbols, fill_value=0.0)
+    jl = _asof(L, lead, X, base)
+    codes = _take(lead_codes, jl, -1)
+    regimes = pd.DataFrame({s: pd.Categorical.from_codes(codes[:, n], categories=REGIMES) for n, s in enumerate(symbols)}, index=X)
+    split = pd.DataFrame(_take(lead_split, jl, policy.base_split), index=X, columns=policy.bot_names)
+    return Plan(X, policy, symbols, regimes, candidates, choice, score, best, split, w, target, {}, base, parts)
+
 
 # %% ../nbs/07_agent.ipynb #564071c1
 def _since(codes:np.ndarray, t:int)->int:
@@ -446,8 +544,22 @@ def _benchmark(frames:dict, fees, slippage, init_cash, fill, start:int=0):
     return Result(st, equity, {'strategy': 'buy_and_hold', 'fees': fees, 'slippage': slippage, 'fill': fill, 'init_cash': init_cash,
                                'weights': 'equal'}, trades=trades)
 
+def _sim_frames(data:dict, p:Plan)->dict:
+    "The candles the portfolio is marked on: the plan's, on its bars."
+    if not p.parts: return _frames(data, p.symbols)
+    frames = {s: data[(s, p.timeframe)].loc[p.index[0]:p.index[-1]] for s in p.symbols}
+    for s, f in frames.items():
+        if not f.index.equals(p.index): raise TbotError(f"{s} {p.timeframe} candles do not match the plan's bars")
+    return frames
+
+def _tail(p:Plan, i0:int)->Plan:
+    "The plan from bar i0 on (and each timeframe's part from the same time)."
+    parts = {tf: _tail(q, int(q.index.searchsorted(p.index[i0]))) for tf, q in p.parts.items()}
+    return Plan(p.index[i0:], p.policy, p.symbols, p.regimes.iloc[i0:], p.candidates, p.choice[i0:], p.score[i0:], p.best[i0:],
+                p.split.iloc[i0:], p.weights.iloc[i0:], p.target.iloc[i0:], {k: v[i0:] for k, v in p.shadow.items()}, p.timeframe, parts)
+
 def backtest(
-    data:dict,                # {symbol: candles} on the same timestamps
+    data:dict,                # {symbol: candles} on the same timestamps, or {(symbol, timeframe): candles} for bots on their own timeframes
     policy:Policy|None=None,  # bots and matrix; `load_policy()` when None
     detector:str|None=None,   # regime detector; `[regime] detector` when None
     fees:float|None=None, slippage:float|None=None, init_cash:float|None=None, # `[backtest]` defaults when None
@@ -464,7 +576,7 @@ def backtest(
     slippage = s.getfloat('backtest', 'slippage', 0.0005) if slippage is None else slippage
     init_cash = s.getfloat('backtest', 'init_cash', 1000) if init_cash is None else init_cash
     p = p or plan(data, policy, detector, fees)
-    frames = _frames(data, p.symbols)
+    frames = _sim_frames(data, p)
     i0 = 0 if start is None else int(p.index.searchsorted(_utc(start)))
     if not 0 <= i0 < len(p.index) - 1: raise TbotError(f"start {start} leaves no bars to trade")
     idx = p.index[i0:]
@@ -478,18 +590,18 @@ def backtest(
     bench = _benchmark(frames_t, fees, slippage, init_cash, 'next_open')
     bench.stats['min_equity'] = float(bench.equity.min() / init_cash)
     synthetic = any(bool(f.attrs.get('synthetic')) for f in frames.values())
-    tf = next(iter(frames.values())).attrs.get('timeframe')
+    tf = p.timeframe or next(iter(frames.values())).attrs.get('timeframe')
     assumptions = {'strategy': 'agent', 'symbols': p.symbols, 'timeframe': tf, 'fees': fees, 'slippage': slippage, 'fill': 'next_open',
                    'init_cash': init_cash, 'sample': sample, 'start': st['start'], 'end': st['end'], 'bars': st['bars'], 'synthetic': synthetic,
                    'detector': detector or s.get('regime', 'detector', 'rules'), 'rebalance_band': rebalance_band,
                    'exchange_rules': 'Binance spot amount steps and 5 USDT minimum order (recorded)' if rules else 'none',
                    'portfolio_stop': sim.assumptions['stop'], 'daily_loss_limit': sim.assumptions['daily_loss_limit'],
                    'stop_fill': sim.assumptions['stop_fill'], 'long_only': True,
-                   'benchmark': 'buy-and-hold of every market, equal weights, same fees, slippage and fill'}
+                   'benchmark': 'buy-and-hold of every market, equal weights, same fees, slippage and fill',
+                   'bot_timeframes': {b.name: b.timeframe for b in p.policy.bots} if p.parts else None}
     bench.assumptions.update({k: assumptions[k] for k in ('sample', 'start', 'end', 'bars', 'symbols', 'timeframe', 'synthetic')})
     res = Result(st, sim.equity, assumptions, bench, prices=None, trades=trades)
-    sub = Plan(idx, p.policy, p.symbols, p.regimes.iloc[i0:], p.candidates, p.choice[i0:], p.score[i0:], p.best[i0:],
-               p.split.iloc[i0:], p.weights.iloc[i0:], p.target.iloc[i0:], {k: v[i0:] for k, v in p.shadow.items()})
+    sub = _tail(p, i0)
     attr = attribution(sub, sim.units, sim.fills, close)
     decisions = decision_log(sub)
     halted = sim.events[sim.events.event == 'halted']
@@ -504,7 +616,7 @@ def backtest(
 
 # %% ../nbs/07_agent.ipynb #531af6d2
 def decide(
-    history:dict,            # {symbol: candles up to the latest closed bar}
+    history:dict,            # {symbol: candles up to the latest closed bar}, or {(symbol, timeframe): candles} (see `cut`)
     policy:Policy|None=None, # bots and matrix; `load_policy()` when None
     detector:str|None=None,  # regime detector
     p:Plan|None=None,        # a plan already made on this history
@@ -523,8 +635,19 @@ def decide(
             'bots': bots, 'targets': {s: float(p.target[s].iloc[t]) for s in p.symbols}}
 
 # %% ../nbs/07_agent.ipynb #d381977b
+def cut(
+    data:dict,       # {(symbol, timeframe): candles}
+    at,              # a bar of the finest timeframe (its open time)
+    policy:Policy|None=None, # the bots; `load_policy()` when None
+)->dict:             # the same keys, holding only bars closed by the time the bar `at` closes
+    "What bots on several timeframes knew at the close of one fine bar: an hour that has not closed yet is not there."
+    policy = policy or load_policy()
+    base = min((b.timeframe for b in policy.bots), key=timeframe_delta)
+    close = _utc(at) + timeframe_delta(base)
+    return {k: v[v.index + timeframe_delta(k[1]) <= close] for k, v in data.items()}
+
 def explain(
-    data:dict,               # {symbol: candles}
+    data:dict,               # {symbol: candles}, or {(symbol, timeframe): candles}
     at,                      # the bar to explain (timestamp; the last bar at or before it)
     policy:Policy|None=None, detector:str|None=None,
 )->dict:                     # the `decide` output at that bar, plus every candidate's score and the decision log lines of that bar
@@ -532,9 +655,8 @@ def explain(
     at = _utc(at)
     policy = policy or load_policy()
     symbols = list(dict.fromkeys(s for b in policy.bots for s in b.symbols))
-    frames = _frames(data, symbols)
-    upto = {k: v.loc[:at] for k, v in frames.items()}
-    if len(upto[symbols[0]]) < 2: raise TbotError(f"no candles at or before {at}")
+    upto = cut(data, at, policy) if _multi(data) else {k: v.loc[:at] for k, v in _frames(data, symbols).items()}
+    if min(len(v) for v in upto.values()) < 2: raise TbotError(f"no candles at or before {at}")
     p = plan(upto, policy, detector)
     out = decide(upto, policy, detector, p=p)
     t = len(p.index) - 1
@@ -550,6 +672,9 @@ def explain(
 
 def _score_now(p:Plan, b:int, k:int)->dict:
     "Candidate k's score for bot b on each of its markets at the plan's last bar, replaying its record as `decide_loop` does."
+    if p.parts:  # bots on their own timeframes: replay on the bot's own bars
+        part = p.parts[p.policy.bots[b].timeframe]
+        return _score_now(part, part.policy.bot_names.index(p.policy.bots[b].name), k)
     T, pol, bot = len(p.index), p.policy, p.policy.bots[b]
     syms = [s for s in p.symbols if s in bot.symbols]
     codes = np.stack([_codes(p.regimes[s]) for s in syms], axis=1)
@@ -576,6 +701,7 @@ def walk_forward(
     "Walk the agent forward: its out-of-sample run against buy-and-hold and against the best single strategy chosen in-sample."
     from tbot.backtest import backtest as single_backtest, compute_stats
     from tbot.strategies import get_strategy
+    if _multi(data): raise TbotError("the agent's walk-forward runs on one timeframe: give {symbol: candles}")
     s = settings()
     fees = s.getfloat('backtest', 'fees', 0.001) if fees is None else fees
     slippage = s.getfloat('backtest', 'slippage', 0.0005) if slippage is None else slippage
@@ -644,6 +770,7 @@ def shadow_performance(
 )->pd.DataFrame:      # `tbot.ledger.performance_records` rows for every candidate strategy on every market
     "Every candidate's shadow record per regime and period, for the ledger."
     from tbot.ledger import performance_records
+    if p.parts: return pd.concat([shadow_performance(part, tf, sample, period) for tf, part in p.parts.items()], ignore_index=True)
     done, parts = set(), []
     for (bot, sym, name), r in p.shadow.items():
         if (sym, name) in done or name == 'flat': continue
@@ -673,7 +800,7 @@ def record(
     dec['split'] = dec['split'].map(lambda x: dict(zip(names, (int(v) / 100 for v in x.split('/')))) if isinstance(x, str) else None)
     perf = shadow_performance(r.plan, a.get('timeframe') or '', a['sample'])
     return led.write_run(kind, {'symbols': a['symbols'], 'detector': a['detector'], 'policy': [b.__dict__ for b in r.plan.policy.bots]},
-                         trades=trades, equity=equity, decisions=dec, performance=perf, data={k: v for k, v in data.items()},
+                         trades=trades, equity=equity, decisions=dec, performance=perf, data={' '.join(k) if isinstance(k, tuple) else k: v for k, v in data.items()},
                          name='master agent', sample=a['sample'], assumptions={k: a[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop')},
                          synthetic=bool(a.get('synthetic')))
 
@@ -695,6 +822,22 @@ def load_data(
     for f in frames.values(): f.attrs['timeframe'] = timeframe
     return frames
 
+def load_bot_data(
+    policy:Policy,           # the bots, each with its timeframe
+    exchange:str|None=None,  # store exchange; settings' when None
+    end=None,                # last bar (inclusive)
+)->dict:                     # {(symbol, timeframe): candles} for every bot's timeframe, the lead timeframe and the finest
+    "Candles from the store for bots on their own timeframes (`bot_frames` cuts them to the span they share)."
+    from tbot.data import load
+    tfs = list(dict.fromkeys(b.timeframe for b in policy.bots))
+    symbols = list(dict.fromkeys(s for b in policy.bots for s in b.symbols))
+    keys = [(s, tf) for b in policy.bots for s in b.symbols for tf in [b.timeframe]]
+    keys += [(s, tf) for tf in (tfs[0], min(tfs, key=timeframe_delta)) for s in symbols]
+    out = {}
+    for s, tf in dict.fromkeys(keys):
+        out[(s, tf)] = load(s, tf, exchange, end=end); out[(s, tf)].attrs['timeframe'] = tf
+    return out
+
 def _policy_for(symbols:list[str]|None)->Policy:
     "The settings' policy, with every bot trading `symbols` when given."
     pol = load_policy()
@@ -713,6 +856,7 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     for a in (bt, ex):
         a.add_argument('--symbols', help="comma-separated; the bots' symbols from settings.ini when omitted")
         a.add_argument('--timeframe', default='1h', help='bar size of the candles (every bot runs on it)')
+        a.add_argument('--bot-timeframes', action='store_true', help="run each bot on its own timeframe ([bots] NAME_timeframe); the run covers the time all those candles cover")
         a.add_argument('--exchange', default=s.get('exchange', 'id'), help='store exchange')
         a.add_argument('--detector', help='regime detector (rules or hmm); settings.ini when omitted')
         a.add_argument('--json', action='store_true', help='print JSON')
@@ -725,7 +869,9 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     a = p.parse_args(argv)
     pol = _policy_for(a.symbols.split(',') if a.symbols else None)
     symbols = list(dict.fromkeys(x for b in pol.bots for x in b.symbols))
-    data = load_data(symbols, a.timeframe, a.exchange, end=getattr(a, 'end', None) or (a.at if a.cmd == 'explain' else None))
+    end = getattr(a, 'end', None) or (a.at if a.cmd == 'explain' else None)
+    if a.bot_timeframes and getattr(a, 'walk_forward', False): raise TbotError("--walk-forward runs on one timeframe: drop --bot-timeframes")
+    data = load_bot_data(pol, a.exchange, end) if a.bot_timeframes else load_data(symbols, a.timeframe, a.exchange, end=end)
     if a.cmd == 'explain':
         out = explain(data, a.at, pol, a.detector)
         emit(out, a.json, lambda o: '\n'.join([f"{o['time']}: regimes " + ', '.join(f"{k} {v['regime']} since {v['since'][:16]}" for k, v in o['regimes'].items()),
@@ -751,7 +897,8 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     if not a.no_ledger: out['ledger_run'] = record(r, data)
     def human(o):
         x = o['assumptions']
-        head = f"master agent on {', '.join(x['symbols'])} {x['timeframe']} {x['start'][:10]} .. {x['end'][:10]}: {x['sample'].upper()}, fees {x['fees']:.3%}, slippage {x['slippage']:.3%}, fill {x['fill']}"
+        tfs = ', '.join(f'{b} {t}' for b, t in x['bot_timeframes'].items()) if x.get('bot_timeframes') else x['timeframe']
+        head = f"master agent on {', '.join(x['symbols'])} {tfs} {x['start'][:10]} .. {x['end'][:10]}: {x['sample'].upper()}, fees {x['fees']:.3%}, slippage {x['slippage']:.3%}, fill {x['fill']}"
         rows = [{'': k, 'agent': o['stats'][k], 'buy-and-hold': o['benchmark'][k]} for k in keys]
         attr = [{'by': by, 'name': n, 'pnl': v} for by, d in o['attribution'].items() for n, v in d.items()]
         ev = [e['reason'] for e in o['events']]

@@ -133,3 +133,76 @@ def test_cli_explain_shows_what_the_agent_saw(sliced_store):
     assert abs(sum(out['split'].values()) - 1) < 1e-9
     bad = subprocess.run([TBOT, 'agent', 'explain', '--at', '2001-01-01'], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'Traceback' not in bad.stderr
+
+# --- bots on their own timeframes: core and risk on 1h, scalping on 5m (real candles of 2023) ---
+
+@pytest.fixture(scope='module')
+def multi(shared, candles):
+    five = {s: data.read_candle_file(shared / f"{s.replace('/', '_')}-5m.feather").loc['2023-01-01':'2023-04-30'] for s in candles}
+    return {**{(s, '1h'): df.loc['2023-01-01':'2023-04-30'] for s, df in candles.items()}, **{(s, '5m'): df for s, df in five.items()}}
+
+@pytest.fixture(scope='module')
+def multi_plan(multi):
+    return agent.plan(multi)
+
+@pytest.mark.slow
+def test_each_bot_decides_on_its_own_timeframe_and_nothing_sees_an_unclosed_hour(multi, multi_plan):
+    p = multi_plan
+    assert p.timeframe == '5m' and p.index.equals(multi[('BTC/USDT', '5m')].index)
+    rng = np.random.default_rng(7)
+    cuts = list(p.index[rng.choice(np.arange(12 * 24 * 40, len(p.index)), 6, replace=False)]) + [pd.Timestamp('2023-03-15 10:25', tz='UTC')]
+    for at in cuts:
+        hist = agent.cut(multi, at, p.policy)
+        assert hist[('BTC/USDT', '1h')].index[-1] + pd.Timedelta('1h') <= at + pd.Timedelta('5m')   # only closed hours
+        d = agent.decide(hist)
+        t = p.index.get_loc(at)
+        assert d['time'] == str(at)
+        assert d['targets'] == {s: float(p.target[s].iloc[t]) for s in p.symbols}
+        for b, bot in enumerate(p.policy.bot_names):
+            for s, sym in enumerate(p.symbols):
+                assert d['bots'][bot][sym]['strategy'] == p.strategy_at(t, b, s)
+    # changing every candle after the cut changes no decision up to it
+    at = pd.Timestamp('2023-03-15 10:25', tz='UTC'); t = p.index.get_loc(at)
+    scrambled = {k: df.assign(close=np.where(df.index + agent.timeframe_delta(k[1]) > at + pd.Timedelta('5m'), df.close * 1.3, df.close))
+                 for k, df in multi.items()}
+    q = agent.plan(scrambled)
+    assert np.array_equal(q.choice[:t + 1], p.choice[:t + 1]) and q.target.iloc[:t + 1].equals(p.target.iloc[:t + 1])
+    assert not q.target.iloc[t + 1:].equals(p.target.iloc[t + 1:])   # the test could fail: the future did change the plan
+
+@pytest.mark.slow
+def test_hourly_bots_trade_only_when_the_hour_closes(multi_plan):
+    w = multi_plan.weights
+    moved = lambda bots: w[[c for c in w.columns if c[0] in bots]].diff().abs().sum(axis=1) > 0
+    assert moved(['core', 'risk']).sum() > 10 and set(w.index[moved(['core', 'risk'])].minute) == {55}
+    assert len(set(w.index[moved(['scalping'])].minute)) > 6
+
+@pytest.mark.slow
+def test_multi_timeframe_backtest_is_one_portfolio_with_attribution_and_ledger(multi, multi_plan, tmp_path):
+    r = agent.backtest(multi, p=multi_plan)
+    assert r.assumptions['timeframe'] == '5m' and r.assumptions['bot_timeframes'] == {'core': '1h', 'scalping': '5m', 'risk': '1h'}
+    assert abs(sum(r.attribution['bot']) - (r.equity.iloc[-1] - 1000)) < 1e-6
+    assert r.stats['min_equity'] >= 0.95 * (1 - 0.0015) - 1e-9
+    from tbot.ledger import Ledger
+    led = Ledger(tmp_path / 'ledger.sqlite')
+    run = agent.record(r, multi, led)
+    perf = led.performance(run_ids=[run])
+    assert set(perf.timeframe) == {'1h', '5m'} and set(perf[perf.timeframe == '5m'].strategy) <= {'scalp_micro_trend', 'scalp_range_zscore', 'pair_zscore'}
+
+def test_multi_timeframe_refuses_what_is_missing(multi):
+    with pytest.raises(TbotError, match='no ETH/USDT 5m candles'):
+        agent.plan({k: v for k, v in multi.items() if k != ('ETH/USDT', '5m')})
+    with pytest.raises(TbotError, match='one timeframe'):
+        agent.walk_forward(multi)
+
+@pytest.mark.slow
+def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
+    for (s, tf), df in multi.items(): data.write_series(df, data.Series('binance', s, tf), store)
+    p = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--json', '--no-ledger'], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    a = json.loads(p.stdout)['assumptions']
+    assert a['timeframe'] == '5m' and a['bot_timeframes'] == {'core': '1h', 'scalping': '5m', 'risk': '1h'}
+    assert a['start'].startswith('2023-01-01') and a['end'].startswith('2023-04-30 23:55')
+    human = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--no-ledger'], capture_output=True, text=True, timeout=600)
+    assert human.returncode == 0 and 'core 1h, scalping 5m, risk 1h' in human.stdout
+    wf = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--walk-forward'], capture_output=True, text=True, timeout=600)
+    assert wf.returncode == 2 and 'one timeframe' in wf.stderr and 'Traceback' not in wf.stderr
