@@ -690,6 +690,16 @@ def _sharpe(r:np.ndarray, ann:float)->float:
     sd = r.std()
     return float(r.mean() / sd * ann) if sd > 0 else 0.0
 
+def _single_equity(data:dict, p:Plan, name:str, symbol:str, **kw)->pd.Series:
+    "One strategy's equity on the plan's bars, run on the timeframe of the first bot that holds it."
+    from tbot.backtest import backtest as single_backtest
+    if not p.parts: return single_backtest(_frames(data, p.symbols)[symbol], name, **kw).equity
+    tf = next((b.timeframe for b in p.policy.bots if name in b.strategies), p.timeframe)
+    frames, lead, _ = bot_frames(data, p.policy)
+    if symbol not in frames[tf]: tf = lead   # a market this timeframe's bots do not trade
+    eq = single_backtest(frames[tf][symbol], name, **kw).equity
+    return pd.Series(_take(eq.to_numpy(), _asof(eq.index, tf, p.index, p.timeframe), kw['init_cash']), p.index, name='equity')
+
 def walk_forward(
     data:dict,                # {symbol: candles}
     train:str='365D',         # training window
@@ -699,16 +709,15 @@ def walk_forward(
     fees:float|None=None, slippage:float|None=None, init_cash:float|None=None,
 )->dict:                      # folds, and out-of-sample stats of agent, best single strategy (chosen in-sample) and buy-and-hold
     "Walk the agent forward: its out-of-sample run against buy-and-hold and against the best single strategy chosen in-sample."
-    from tbot.backtest import backtest as single_backtest, compute_stats
+    from tbot.backtest import compute_stats
     from tbot.strategies import get_strategy
-    if _multi(data): raise TbotError("the agent's walk-forward runs on one timeframe: give {symbol: candles}")
     s = settings()
     fees = s.getfloat('backtest', 'fees', 0.001) if fees is None else fees
     slippage = s.getfloat('backtest', 'slippage', 0.0005) if slippage is None else slippage
     init_cash = s.getfloat('backtest', 'init_cash', 1000) if init_cash is None else init_cash
     policy = policy or load_policy()
     p = plan(data, policy, detector, fees)
-    frames = _frames(data, p.symbols)
+    frames = _sim_frames(data, p)
     idx = p.index
     tr, te = pd.Timedelta(train), pd.Timedelta(test)
     first_test = idx[0] + tr
@@ -717,7 +726,7 @@ def walk_forward(
     from tbot.risk import bars_per_year
     ann = math.sqrt(bars_per_year(idx))
     names = sorted({n for b in policy.bots for n in b.strategies if n != 'flat' and get_strategy(n).family != 'stat_arb'})
-    runs = {(n, sym): single_backtest(frames[sym], n, fees=fees, slippage=slippage, init_cash=init_cash).equity for n in names for sym in p.symbols}
+    runs = {(n, sym): _single_equity(data, p, n, sym, fees=fees, slippage=slippage, init_cash=init_cash) for n in names for sym in p.symbols}
     folds, single_parts = [], []
     for i, a in enumerate(cuts):
         b = cuts[i + 1] if i + 1 < len(cuts) else idx[-1] + pd.Timedelta(1, 'ns')
@@ -746,7 +755,7 @@ def walk_forward(
                   'buy_and_hold_return': float(bh.iloc[-1] / prev(agent.benchmark.equity, 0) - 1)})
     keys = ('total_return', 'cagr', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid')
     return {'sample': 'out-of-sample', 'start': str(cuts[0]), 'end': str(idx[-1]), 'train': train, 'test': test, 'anchored': anchored,
-            'assumptions': {k: agent.assumptions[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop', 'synthetic', 'symbols')},
+            'assumptions': {k: agent.assumptions[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop', 'synthetic', 'symbols', 'timeframe', 'bot_timeframes')},
             'agent': {k: agent.stats.get(k) for k in keys}, 'best_single': {k: single_stats.get(k) for k in keys},
             'buy_and_hold': {k: agent.benchmark.stats.get(k) for k in keys},
             'folds': folds, 'result': agent, 'single_equity': single_eq,
@@ -870,7 +879,6 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     pol = _policy_for(a.symbols.split(',') if a.symbols else None)
     symbols = list(dict.fromkeys(x for b in pol.bots for x in b.symbols))
     end = getattr(a, 'end', None) or (a.at if a.cmd == 'explain' else None)
-    if a.bot_timeframes and getattr(a, 'walk_forward', False): raise TbotError("--walk-forward runs on one timeframe: drop --bot-timeframes")
     data = load_bot_data(pol, a.exchange, end) if a.bot_timeframes else load_data(symbols, a.timeframe, a.exchange, end=end)
     if a.cmd == 'explain':
         out = explain(data, a.at, pol, a.detector)
@@ -885,7 +893,8 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
         wf = walk_forward(data, a.train, a.test, True, pol, a.detector)
         out = {k: v for k, v in wf.items() if k not in ('result', 'single_equity')}
         if not a.no_ledger: out['ledger_run'] = record(wf['result'], data, kind='agent_walkforward')
-        emit(out, a.json, lambda o: '\n'.join([f"OUT-OF-SAMPLE walk-forward {o['start'][:10]} .. {o['end'][:10]} (train {o['train']}, test {o['test']}); "
+        x = out['assumptions']; tfs = ', '.join(f'{b} {t}' for b, t in x['bot_timeframes'].items()) if x.get('bot_timeframes') else x['timeframe']
+        emit(out, a.json, lambda o: '\n'.join([f"OUT-OF-SAMPLE walk-forward {', '.join(x['symbols'])} {tfs} {o['start'][:10]} .. {o['end'][:10]} (train {o['train']}, test {o['test']}); "
               f"fees {o['assumptions']['fees']:.3%}, slippage {o['assumptions']['slippage']:.3%}, fill {o['assumptions']['fill']}" + (' SYNTHETIC DATA' if o['assumptions']['synthetic'] else ''),
               table([{'': k, 'agent': o['agent'][k], 'best single (chosen in-sample)': o['best_single'][k], 'buy-and-hold': o['buy_and_hold'][k]}
                      for k in o['agent']]), '', table(o['folds'])]))

@@ -191,8 +191,14 @@ def test_multi_timeframe_backtest_is_one_portfolio_with_attribution_and_ledger(m
 def test_multi_timeframe_refuses_what_is_missing(multi):
     with pytest.raises(TbotError, match='no ETH/USDT 5m candles'):
         agent.plan({k: v for k, v in multi.items() if k != ('ETH/USDT', '5m')})
-    with pytest.raises(TbotError, match='one timeframe'):
-        agent.walk_forward(multi)
+
+@pytest.mark.slow
+def test_multi_timeframe_walk_forward_is_out_of_sample_on_the_fine_bars(multi):
+    wf = agent.walk_forward(multi, train='60D', test='30D')
+    assert wf['sample'] == 'out-of-sample' and len(wf['folds']) == 2
+    assert wf['single_equity'].index.equals(wf['result'].equity.index) and wf['result'].assumptions['timeframe'] == '5m'
+    assert wf['result'].equity.index[0] == pd.Timestamp(wf['folds'][0]['test_start'])
+    assert wf['agent']['min_equity'] >= 0.95 * (1 - 0.0015) - 1e-9
 
 @pytest.mark.slow
 def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
@@ -204,5 +210,8 @@ def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
     assert a['start'].startswith('2023-01-01') and a['end'].startswith('2023-04-30 23:55')
     human = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--no-ledger'], capture_output=True, text=True, timeout=600)
     assert human.returncode == 0 and 'core 1h, scalping 5m, risk 1h' in human.stdout
-    wf = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--walk-forward'], capture_output=True, text=True, timeout=600)
-    assert wf.returncode == 2 and 'one timeframe' in wf.stderr and 'Traceback' not in wf.stderr
+    wf = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--walk-forward', '--train', '60D', '--test', '30D', '--no-ledger'],
+                        capture_output=True, text=True, timeout=600)
+    assert wf.returncode == 0 and 'OUT-OF-SAMPLE' in wf.stdout, wf.stderr
+    missing = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--symbols', 'BTC/USDT,SOL/USDT'], capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and missing.stderr.count('\n') == 1 and 'Traceback' not in missing.stderr
