@@ -215,3 +215,16 @@ def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
     assert wf.returncode == 0 and 'OUT-OF-SAMPLE' in wf.stdout, wf.stderr
     missing = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--symbols', 'BTC/USDT,SOL/USDT'], capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and missing.stderr.count('\n') == 1 and 'Traceback' not in missing.stderr
+
+def test_portfolio_equals_vectorbt_from_orders_with_cash_sharing(candles):
+    "With the stop, daily limit, exchange rules and band off, the agent's portfolio is vectorbt's from_orders on the same targets."
+    import vectorbt as vbt
+    hist = cut(candles, '2021-01-01', '2022-12-31')
+    tgt = agent.plan(hist).target
+    sim = risk.simulate_exposure(hist, tgt, 1000, 0.001, 0.0005, stop=0.0, daily_loss_limit=0.0)
+    close = pd.DataFrame({s: d['close'] for s, d in hist.items()}); opn = pd.DataFrame({s: d['open'] for s, d in hist.items()})
+    pf = vbt.Portfolio.from_orders(close, size=tgt.shift(1), size_type='targetpercent', price=opn, fees=0.001, slippage=0.0005,
+                                   group_by=True, cash_sharing=True, call_seq='auto', init_cash=1000, freq='1h')
+    assert len(sim.fills) > 1000 and tgt.nunique().max() > 5
+    assert (sim.equity / pf.value() - 1).abs().max() < 1e-7
+    assert abs(sim.fees_paid / pf.orders.fees.sum() - 1) < 1e-6
