@@ -247,7 +247,7 @@ def _split(policy:Policy, codes:np.ndarray)->np.ndarray:
     return split
 
 def plan(
-    data:dict,                # {symbol: candles} (or {(symbol, timeframe): candles}), all on the same timestamps
+    data:dict,                # {symbol: candles} on the same timestamps; {(symbol, timeframe): candles} in several timeframes for bots on their own
     policy:Policy|None=None,  # bots and decision matrix; `load_policy()` when None
     detector:str|None=None,   # regime detector; `[regime] detector` when None
     fees:float|None=None,     # fee per fill, for the shadow records; `[backtest] fees` when None
@@ -385,7 +385,7 @@ def _plan_multi(data:dict, policy:Policy, detector, fees, rebalance_step)->Plan:
         part = plan({s: frames[tf][s] for s in syms}, sub, detector, fees, rebalance_step, regimes=regimes,
                     split=_take(lead_split, j, policy.base_split)[:, bi])
         parts[tf] = part
-        jx = _asof(G, tf, X, base); known = jx >= 0
+        jx = _asof(G, tf, X, base)
         for n, i in enumerate(bi):
             candidates[i] = part.candidates[n]
             for m, s in enumerate(part.symbols):
@@ -393,7 +393,8 @@ def _plan_multi(data:dict, policy:Policy, detector, fees, rebalance_step)->Plan:
                 choice[:, i, c] = _take(part.choice[:, n, m], jx, -1); best[:, i, c] = _take(part.best[:, n, m], jx, -1)
                 score[:, i, c] = _take(part.score[:, n, m], jx, np.nan)
         weights.append(pd.DataFrame(_take(part.weights.to_numpy(), jx, 0.0), index=X, columns=part.weights.columns))
-    cols = [(b.name, s) for b in policy.bots for s in symbols if (b.name, s) in sum((list(w.columns) for w in weights), [])]
+    have = {c for w in weights for c in w.columns}
+    cols = [(b.name, s) for b in policy.bots for s in symbols if (b.name, s) in have]
     w = risk.apply_limits(pd.concat(weights, axis=1)[cols], risk.risk_config())
     target = w.T.groupby(level='symbol', sort=False).sum().T.reindex(columns=symbols, fill_value=0.0)
     jl = _asof(L, lead, X, base)
