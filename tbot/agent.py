@@ -691,15 +691,22 @@ def _sharpe(r:np.ndarray, ann:float)->float:
     sd = r.std()
     return float(r.mean() / sd * ann) if sd > 0 else 0.0
 
-def _single_equity(data:dict, p:Plan, name:str, symbol:str, **kw)->pd.Series:
-    "One strategy's equity on the plan's bars, run on the timeframe of the first bot that holds it."
-    from tbot.backtest import backtest as single_backtest
-    if not p.parts: return single_backtest(_frames(data, p.symbols)[symbol], name, **kw).equity
-    tf = next((b.timeframe for b in p.policy.bots if name in b.strategies), p.timeframe)
-    frames, lead, _ = bot_frames(data, p.policy)
-    if symbol not in frames[tf]: tf = lead   # a market this timeframe's bots do not trade
-    eq = single_backtest(frames[tf][symbol], name, **kw).equity
-    return pd.Series(_take(eq.to_numpy(), _asof(eq.index, tf, p.index, p.timeframe), kw['init_cash']), p.index, name='equity')
+def _single_run(data:dict, p:Plan, name:str, symbol:str, fees:float, slippage:float, init_cash:float)->pd.DataFrame:
+    "One strategy at its defaults on the plan's bars: equity and the fees paid so far (on the timeframe of the first bot that holds it)."
+    from tbot.backtest import backtest as single_backtest, simulate
+    from tbot.strategies import get_strategy
+    tf, df = None, (_frames(data, p.symbols)[symbol] if not p.parts else None)
+    if p.parts:
+        tf = next((b.timeframe for b in p.policy.bots if name in b.strategies), p.timeframe)
+        frames, lead, _ = bot_frames(data, p.policy)
+        if symbol not in frames[tf]: tf = lead   # a market this timeframe's bots do not trade
+        df = frames[tf][symbol]
+    st = get_strategy(name)
+    orders = simulate(df, st.signals(df, **st.check(None)), fees, slippage, init_cash, 'next_open')
+    paid = np.cumsum(np.bincount(orders['idx'], weights=orders['fees'], minlength=len(df)))
+    out = np.column_stack([single_backtest(df, name, fees=fees, slippage=slippage, init_cash=init_cash).equity.to_numpy(), paid])
+    if tf: out = _take(out, _asof(df.index, tf, p.index, p.timeframe), [init_cash, 0.0])
+    return pd.DataFrame(out, index=p.index, columns=['equity', 'fees'])
 
 def walk_forward(
     data:dict,                # {symbol: candles}
@@ -727,26 +734,27 @@ def walk_forward(
     from tbot.risk import bars_per_year
     ann = math.sqrt(bars_per_year(idx))
     names = sorted({n for b in policy.bots for n in b.strategies if n != 'flat' and get_strategy(n).family != 'stat_arb'})
-    runs = {(n, sym): _single_equity(data, p, n, sym, fees=fees, slippage=slippage, init_cash=init_cash) for n in names for sym in p.symbols}
-    folds, single_parts = [], []
+    runs = {(n, sym): _single_run(data, p, n, sym, fees, slippage, init_cash) for n in names for sym in p.symbols}
+    folds, single_parts, single_fees = [], [], []
     for i, a in enumerate(cuts):
         b = cuts[i + 1] if i + 1 < len(cuts) else idx[-1] + pd.Timedelta(1, 'ns')
         lo = idx[0] if anchored else a - tr
         tr_mask = (idx >= lo) & (idx < a); te_mask = (idx >= a) & (idx < b)
         if te_mask.sum() < 2: continue
-        score = {n: np.mean([_sharpe(runs[(n, sym)].pct_change().to_numpy()[tr_mask][1:], ann) for sym in p.symbols]) for n in names}
+        score = {n: np.mean([_sharpe(runs[(n, sym)].equity.pct_change().to_numpy()[tr_mask][1:], ann) for sym in p.symbols]) for n in names}
         best = max(score, key=score.get)
         j0 = np.flatnonzero(te_mask)[0]
-        growth = sum(runs[(best, sym)].iloc[te_mask] / runs[(best, sym)].iloc[j0 - 1] for sym in p.symbols) / len(p.symbols)
-        single_parts.append(growth)
+        r = [runs[(best, sym)] for sym in p.symbols]
+        single_parts.append(sum(x.equity.iloc[te_mask] / x.equity.iloc[j0 - 1] for x in r) / len(r))
+        single_fees.append(sum((x.fees.iloc[te_mask].iloc[-1] - x.fees.iloc[j0 - 1]) / x.equity.iloc[j0 - 1] for x in r) / len(r))  # per unit of capital
         folds.append({'train_start': str(lo), 'train_end': str(idx[tr_mask][-1]), 'test_start': str(a), 'test_end': str(idx[te_mask][-1]),
                       'best_single': best, 'best_single_is_sharpe': round(score[best], 3)})
     # stitch the single-strategy folds: each fold starts with the capital the last one ended with
-    eq, level = [], init_cash
-    for g in single_parts: eq.append(g * level); level = float(eq[-1].iloc[-1])
+    eq, level, paid = [], init_cash, 0.0
+    for g, f in zip(single_parts, single_fees): eq.append(g * level); paid += f * level; level = float(eq[-1].iloc[-1])
     single_eq = pd.concat(eq).rename('equity')
     agent = backtest(data, policy, detector, fees, slippage, init_cash, start=cuts[0], sample='out-of-sample', p=p)
-    single_stats = compute_stats(single_eq, None, np.nan, init_cash)
+    single_stats = compute_stats(single_eq, None, paid, init_cash)
     single_stats['min_equity'] = float(single_eq.min() / init_cash)
     for f in folds:
         m = (agent.equity.index >= f['test_start']) & (agent.equity.index <= f['test_end'])
@@ -760,7 +768,7 @@ def walk_forward(
             'agent': {k: agent.stats.get(k) for k in keys}, 'best_single': {k: single_stats.get(k) for k in keys},
             'buy_and_hold': {k: agent.benchmark.stats.get(k) for k in keys},
             'folds': folds, 'result': agent, 'single_equity': single_eq,
-            'note': 'best_single fees_paid is not tracked across stitched folds (NaN); its equity includes them'}
+            'note': "best_single fees_paid: the fees of its fills in each test window, scaled to the capital it had then"}
 
 # %% ../nbs/07_agent.ipynb #cc8b8f4a
 def _episodes(exposure:np.ndarray, rets:np.ndarray, index)->pd.DataFrame:

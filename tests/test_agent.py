@@ -199,6 +199,18 @@ def test_multi_timeframe_walk_forward_is_out_of_sample_on_the_fine_bars(multi):
     assert wf['single_equity'].index.equals(wf['result'].equity.index) and wf['result'].assumptions['timeframe'] == '5m'
     assert wf['result'].equity.index[0] == pd.Timestamp(wf['folds'][0]['test_start'])
     assert wf['agent']['min_equity'] >= 0.95 * (1 - 0.0015) - 1e-9
+    assert 0 < wf['best_single']['fees_paid'] < 1000 and 0 < wf['agent']['fees_paid'] < 1000
+
+@pytest.mark.parametrize('name', ['ema_cross', 'donchian_breakout', 'vol_target'])
+def test_single_strategy_runs_of_the_walk_forward_carry_their_fees(candles, name):
+    "The fee series the walk-forward scales per fold adds up to the single backtest's fees, stops and rebalances included."
+    from tbot.backtest import backtest as single_backtest
+    hist = cut(candles, '2021-01-01', '2022-12-31')
+    p = agent.plan(hist)
+    run = agent._single_run(hist, p, name, 'BTC/USDT', 0.001, 0.0005, 1000)
+    ref = single_backtest(hist['BTC/USDT'], name, fees=0.001, slippage=0.0005, init_cash=1000)
+    assert run.fees.is_monotonic_increasing and abs(run.fees.iloc[-1] / ref.stats['fees_paid'] - 1) < 1e-12
+    assert np.array_equal(run.equity.to_numpy(), ref.equity.to_numpy())
 
 @pytest.mark.slow
 def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
