@@ -155,3 +155,27 @@ def test_main_job_on_an_empty_store_offline_is_labelled_synthetic(store):
     assert m['synthetic'] is True and m['title'].startswith('SYNTHETIC') and 'SYNTHETIC' in m['summary']
     assert m['data'][0]['exchange'] == 'synthetic'
     assert 'SYNTHETIC' in (folder / 'backtest.html').read_text()
+
+@pytest.mark.slow
+def test_agent_report_with_bots_on_their_own_timeframes(store, shared):
+    "The agent's report with core and risk on 1h and scalping on 5m: every data file in the manifest, metrics equal a direct call."
+    from tbot import agent, data
+    from tbot.reports import jsonable
+    files = {}
+    for s in ('BTC/USDT', 'ETH/USDT'):
+        for tf in ('1h', '5m'):
+            df = data.read_candle_file(shared / f"{s.replace('/', '_')}-{tf}.feather").loc['2023-01-01':'2023-03-31']
+            files[(s, tf)] = data.write_series(df, data.Series('binance', s, tf))
+    p = tbot('report', 'backtest', '-p', 'strategy', 'agent', '-p', 'bot_timeframes', 'true', '-p', 'symbols', 'BTC/USDT,ETH/USDT', '--json', timeout=600)
+    assert p.returncode == 0, p.stderr
+    run = Path(json.loads(p.stdout)['folder'])
+    m = json.loads((run / 'manifest.json').read_text())
+    assert {(d['symbol'], d['timeframe']) for d in m['data']} == set(files)
+    assert {d['sha256'] for d in m['data']} == {sha256(f) for f in files.values()}
+    assert m['assumptions']['timeframe'] == 'core 1h, scalping 5m, risk 1h' and m['assumptions']['bot_timeframes'] == {'core': '1h', 'scalping': '5m', 'risk': '1h'}
+    direct = agent.backtest({k: data.load(*k) for k in files})
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert metrics['stats'] == jsonable(dict(direct.stats))
+    assert 'core 1h, scalping 5m, risk 1h' in m['summary']
+    bad = tbot('report', 'backtest', '-p', 'strategy', 'ema_cross', '-p', 'bot_timeframes', 'true', '-p', 'symbols', 'BTC/USDT')
+    assert bad.returncode != 0
