@@ -63,7 +63,9 @@ def _override(p:dict, overrides:dict, what:str)->dict:
 
 def rules_params(**overrides)->dict:
     "The rules detector's parameters: defaults, then settings.ini's [regime] section, then `overrides`."
-    return _override(_from_settings(_RULES_DEFAULTS, _RULES_SETTINGS), overrides, 'rules')
+    p = _override(_from_settings(_RULES_DEFAULTS, _RULES_SETTINGS), overrides, 'rules')
+    if not 0 < p['floor'] < 1: raise TbotError(f"regime floor={p['floor']!r}: a quantile, strictly between 0 and 1")
+    return p
 
 def warmup_bars(p:dict)->int:
     "Bars before the rules detector can label: the longest look-back of its readings."
