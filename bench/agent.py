@@ -4,7 +4,7 @@ Reference in the same run: vectorbt used naively on the agent's own targets (Por
 which prices the portfolio only, without regimes, strategies, learning or the stop."""
 import time
 from pathlib import Path
-import numpy as np, pandas as pd
+import pandas as pd
 import vectorbt as vbt
 from tbot.data import read_candle_file
 from tbot import agent

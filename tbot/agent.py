@@ -519,7 +519,6 @@ class AgentResult:
 
     def plot(self, title:str|None=None):
         "Plotly figure: equity against buy-and-hold, drawdown, capital per bot, and the portfolio regime."
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
         a = self.assumptions
         fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.5, 0.2, 0.3], vertical_spacing=0.03,
@@ -580,7 +579,6 @@ def backtest(
     frames = _sim_frames(data, p)
     i0 = 0 if start is None else int(p.index.searchsorted(_utc(start)))
     if not 0 <= i0 < len(p.index) - 1: raise TbotError(f"start {start} leaves no bars to trade")
-    idx = p.index[i0:]
     frames_t = {k: v.iloc[i0:] for k, v in frames.items()}
     rules = {k: risk.RECORDED_MARKETS[k] for k in p.symbols if k in risk.RECORDED_MARKETS}
     sim = risk.simulate_exposure(frames_t, p.target.iloc[i0:], init_cash, fees, slippage, rules=rules, rebalance_band=rebalance_band)
@@ -691,20 +689,21 @@ def _sharpe(r:np.ndarray, ann:float)->float:
     sd = r.std()
     return float(r.mean() / sd * ann) if sd > 0 else 0.0
 
-def _single_run(data:dict, p:Plan, name:str, symbol:str, fees:float, slippage:float, init_cash:float)->pd.DataFrame:
-    "One strategy at its defaults on the plan's bars: equity and the fees paid so far (on the timeframe of the first bot that holds it)."
-    from tbot.backtest import backtest as single_backtest, simulate
-    from tbot.strategies import get_strategy
-    tf, df = None, (_frames(data, p.symbols)[symbol] if not p.parts else None)
-    if p.parts:
-        tf = next((b.timeframe for b in p.policy.bots if name in b.strategies), p.timeframe)
-        frames, lead, _ = bot_frames(data, p.policy)
-        if symbol not in frames[tf]: tf = lead   # a market this timeframe's bots do not trade
-        df = frames[tf][symbol]
-    st = get_strategy(name)
-    orders = simulate(df, st.signals(df, **st.check(None)), fees, slippage, init_cash, 'next_open')
-    paid = np.cumsum(np.bincount(orders['idx'], weights=orders['fees'], minlength=len(df)))
-    out = np.column_stack([single_backtest(df, name, fees=fees, slippage=slippage, init_cash=init_cash).equity.to_numpy(), paid])
+def _single_frames(data:dict, p:Plan)->dict:
+    "{strategy: (timeframe, {symbol: candles})}: where each single strategy of the walk-forward runs (its first bot's timeframe)."
+    if not p.parts: return {n: (None, _frames(data, p.symbols)) for b in p.policy.bots for n in b.strategies}
+    frames, lead, _ = bot_frames(data, p.policy)
+    out = {}
+    for b in p.policy.bots:
+        for n in b.strategies: out.setdefault(n, (b.timeframe, frames[b.timeframe]))
+    return {n: (tf, {s: (f if s in f else frames[lead])[s] for s in p.symbols}) for n, (tf, f) in out.items()}  # a market its bots do not trade: lead
+
+def _single_run(df:pd.DataFrame, tf:str|None, p:Plan, name:str, fees:float, slippage:float, init_cash:float)->pd.DataFrame:
+    "One strategy at its defaults on `df`, put on the plan's bars: equity and the fees paid so far."
+    from tbot.backtest import backtest as single_backtest
+    r = single_backtest(df, name, fees=fees, slippage=slippage, init_cash=init_cash)
+    paid = np.cumsum(np.bincount(r.orders['idx'], weights=r.orders['fees'], minlength=len(df)))
+    out = np.column_stack([r.equity.to_numpy(), paid])
     if tf: out = _take(out, _asof(df.index, tf, p.index, p.timeframe), [init_cash, 0.0])
     return pd.DataFrame(out, index=p.index, columns=['equity', 'fees'])
 
@@ -725,7 +724,6 @@ def walk_forward(
     init_cash = s.getfloat('backtest', 'init_cash', 1000) if init_cash is None else init_cash
     policy = policy or load_policy()
     p = plan(data, policy, detector, fees)
-    frames = _sim_frames(data, p)
     idx = p.index
     tr, te = pd.Timedelta(train), pd.Timedelta(test)
     first_test = idx[0] + tr
@@ -734,7 +732,8 @@ def walk_forward(
     from tbot.risk import bars_per_year
     ann = math.sqrt(bars_per_year(idx))
     names = sorted({n for b in policy.bots for n in b.strategies if n != 'flat' and get_strategy(n).family != 'stat_arb'})
-    runs = {(n, sym): _single_run(data, p, n, sym, fees, slippage, init_cash) for n in names for sym in p.symbols}
+    where = _single_frames(data, p)
+    runs = {(n, sym): _single_run(where[n][1][sym], where[n][0], p, n, fees, slippage, init_cash) for n in names for sym in p.symbols}
     folds, single_parts, single_fees = [], [], []
     for i, a in enumerate(cuts):
         b = cuts[i + 1] if i + 1 < len(cuts) else idx[-1] + pd.Timedelta(1, 'ns')
@@ -759,9 +758,9 @@ def walk_forward(
     for f in folds:
         m = (agent.equity.index >= f['test_start']) & (agent.equity.index <= f['test_end'])
         e = agent.equity[m]; bh = agent.benchmark.equity[m]; sg = single_eq[(single_eq.index >= f['test_start']) & (single_eq.index <= f['test_end'])]
-        prev = lambda x, s_: x[x.index < f['test_start']].iloc[-1] if (x.index < f['test_start']).any() else init_cash
-        f.update({'agent_return': float(e.iloc[-1] / prev(agent.equity, 0) - 1), 'single_return': float(sg.iloc[-1] / prev(single_eq, 0) - 1),
-                  'buy_and_hold_return': float(bh.iloc[-1] / prev(agent.benchmark.equity, 0) - 1)})
+        prev = lambda x: x[x.index < f['test_start']].iloc[-1] if (x.index < f['test_start']).any() else init_cash
+        f.update({'agent_return': float(e.iloc[-1] / prev(agent.equity) - 1), 'single_return': float(sg.iloc[-1] / prev(single_eq) - 1),
+                  'buy_and_hold_return': float(bh.iloc[-1] / prev(agent.benchmark.equity) - 1)})
     keys = ('total_return', 'cagr', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid')
     return {'sample': 'out-of-sample', 'start': str(cuts[0]), 'end': str(idx[-1]), 'train': train, 'test': test, 'anchored': anchored,
             'assumptions': {k: agent.assumptions[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop', 'synthetic', 'symbols', 'timeframe', 'bot_timeframes')},
@@ -793,7 +792,6 @@ def shadow_performance(
     for (bot, sym, name), r in p.shadow.items():
         if (sym, name) in done or name == 'flat': continue
         done.add((sym, name))
-        b = p.policy.bot_names.index(bot); k = p.candidates[b].index(name); s = p.symbols.index(sym)
         expo = np.r_[np.nan_to_num(r[1:]) != 0, False]  # held after bar t when its next bar's return is not 0
         equity = pd.Series(np.cumprod(1 + np.nan_to_num(r)), p.index)
         trades = _episodes(expo.astype(float), r, p.index)

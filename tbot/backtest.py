@@ -6,9 +6,8 @@ Docs: https://tbot-dev.github.io/tbot/backtest.html.md"""
 
 # %% ../nbs/05_backtest.ipynb #89b91a02
 from __future__ import annotations
-import inspect, itertools, math, re, sys, time
-from dataclasses import dataclass, field
-from math import comb
+import inspect, itertools, math, sys
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 from numba import njit, prange
 from types import SimpleNamespace
@@ -214,10 +213,11 @@ class Result:
     "A backtest: stats, equity, trades, buy-and-hold benchmark, assumptions, and a plot."
     def __init__(self, stats:dict, equity:pd.Series, assumptions:dict, benchmark:Result|None=None, position:pd.Series|None=None,
                  prices:pd.DataFrame|None=None, trade_records:np.ndarray|None=None, trades:pd.DataFrame|None=None,
-                 trade_index:pd.DatetimeIndex|None=None):
+                 trade_index:pd.DatetimeIndex|None=None, orders:np.ndarray|None=None):
         self.stats, self.equity, self.assumptions, self.benchmark = stats, equity, assumptions, benchmark
         self.position, self.prices, self._records, self._trades = position, prices, trade_records, trades
         self._index = equity.index if trade_index is None else trade_index  # the bars the trade records count from
+        self.orders = orders  # vectorbt order records (idx counts from `trade_index`), when the engine made them
 
     @property
     def trades(self)->pd.DataFrame:
@@ -238,7 +238,6 @@ class Result:
 
     def plot(self, title:str|None=None):
         "Plotly figure: price with trades, equity against buy-and-hold, drawdown."
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
         a = self.assumptions
         fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.45, 0.35, 0.2], vertical_spacing=0.03,
@@ -285,7 +284,7 @@ def _stats(equity:np.ndarray, position:np.ndarray, pnl:np.ndarray, ret:np.ndarra
     return st
 
 def _run(df, sig, fees, slippage, init_cash, fill, start=0)->tuple:
-    "Simulate and measure: (stats, equity, position, trade records)."
+    "Simulate and measure: (stats, equity, position, trade records, order records)."
     orders = simulate(df, sig, fees, slippage, init_cash, fill, start)
     close = df['close'].to_numpy('float64')
     equity, position = _equity_nb(close, orders['idx'], orders['size'], orders['price'], orders['fees'], orders['side'], float(init_cash))
@@ -293,7 +292,7 @@ def _run(df, sig, fees, slippage, init_cash, fill, start=0)->tuple:
     closed = records[records['status'] == _vbt().e.TradeStatus.Closed]
     idx = df.index[start:]
     st = _stats(equity[start:], position[start:], closed['pnl'], closed['return'], float(orders['fees'].sum()), init_cash, idx)
-    return st, pd.Series(equity[start:], index=idx, name='equity'), pd.Series(position[start:], index=idx, name='position'), records
+    return st, pd.Series(equity[start:], index=idx, name='equity'), pd.Series(position[start:], index=idx, name='position'), records, orders
 
 def buy_and_hold(
     df:pd.DataFrame, fees:float|None=None, slippage:float|None=None, init_cash:float|None=None, fill:str|None=None,
@@ -334,7 +333,7 @@ def backtest(
     sig = s.signals(df, **p)
     i0 = 0 if start is None else (int(start) if isinstance(start, (int, np.integer)) else int(df.index.searchsorted(pd.Timestamp(start))))
     if not 0 <= i0 < len(df) - 1: raise TbotError(f"start {start} leaves no bars to trade")
-    st, eq, pos, rec = _run(df, sig, fees, slippage, init_cash, fill, i0)
+    st, eq, pos, rec, orders = _run(df, sig, fees, slippage, init_cash, fill, i0)
     bench = buy_and_hold(df, fees, slippage, init_cash, fill, i0)
     assumptions = {'strategy': s.name, 'params': p, 'fees': fees, 'slippage': slippage, 'fill': fill, 'init_cash': init_cash,
                    'sample': sample, 'start': st['start'], 'end': st['end'], 'bars': st['bars'],
@@ -342,7 +341,7 @@ def backtest(
                    'benchmark': 'buy-and-hold on the same bars with the same fees, slippage and fill',
                    'stops': 'checked against high/low from the bar after the fill; stop-loss first when both are in range; gaps fill at the open'}
     bench.assumptions.update({k: assumptions[k] for k in ('sample', 'start', 'end', 'bars', 'symbol', 'timeframe', 'synthetic')})
-    return Result(st, eq, assumptions, bench, pos, df.iloc[i0:], rec, trade_index=df.index)
+    return Result(st, eq, assumptions, bench, pos, df.iloc[i0:], rec, trade_index=df.index, orders=orders)
 
 # %% ../nbs/05_backtest.ipynb #0d88bef7
 K = len(STATS)
@@ -438,7 +437,7 @@ def _sweep_chunk(df, strategy, combos:list[dict], costs:tuple, n_blocks:int=0, p
         out[simple], blocks[simple] = o, b
     for i, g in enumerate(sigs):
         if g.is_simple: continue
-        st, eq, _, _ = _run(df, g, fees, slippage, init_cash, fill)
+        st, eq, *_ = _run(df, g, fees, slippage, init_cash, fill)
         out[i] = [st[k] for k in STATS]
         if n_blocks > 0: _blocks_nb(eq.to_numpy(), float(init_cash), block_of, n_blocks, blocks[i])
     return out, blocks

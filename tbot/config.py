@@ -6,7 +6,7 @@ Docs: https://tbot-dev.github.io/tbot/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #4b59e1d0
 from __future__ import annotations
-import configparser, json, os, tempfile
+import configparser, os, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 

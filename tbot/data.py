@@ -6,7 +6,7 @@ Docs: https://tbot-dev.github.io/tbot/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #70707d27
 from __future__ import annotations
-import gzip, json, math, random, re, time
+import gzip, json, math, re, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd

@@ -6,8 +6,7 @@ Docs: https://tbot-dev.github.io/tbot/regime.html.md"""
 
 # %% ../nbs/03_regime.ipynb #935e2545
 from __future__ import annotations
-import math, time, warnings
-from pathlib import Path
+import warnings
 import numpy as np, pandas as pd
 from numba import njit
 from .config import TbotError, atomic_write, settings

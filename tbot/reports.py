@@ -600,7 +600,6 @@ def main_job(
     say=print,          # where to write progress
 )->Path:                # the published report folder
     "The main job: make sure there is data, then publish the agent backtest report on the default symbols."
-    from tbot import data
     from tbot.cli import ensure_data, SYNTHETIC_BANNER
     ensure_data(not offline, say=say)  # an empty store gets a synthetic market per default symbol, labelled as such
     ds = default_dataset(say)
@@ -629,7 +628,7 @@ def cli_report(argv:list[str], prog:str='tbot report')->int:
     "The `tbot report` command."
     from tbot.cli import ArgParser, emit, table
     p = ArgParser(prog=prog, description='Run a research notebook (nbs/runs/NAME.ipynb) with papermill into reports/<UTC stamp>-NAME/.')
-    p.add_argument('name', nargs='?', help=f'run notebook: backtest, walkforward, data_refresh, or a path to an .ipynb')
+    p.add_argument('name', nargs='?', help='run notebook: backtest, walkforward, data_refresh, or a path to an .ipynb')
     p.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'),
                    help='a parameter (JSON values are parsed; KEY may be dotted, e.g. params.fast 10); repeatable')
     p.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2',

@@ -7,7 +7,7 @@ Docs: https://tbot-dev.github.io/tbot/risk.html.md"""
 # %% ../nbs/06_risk.ipynb #a87a9901
 from __future__ import annotations
 import json, math
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from decimal import Decimal, ROUND_DOWN, ROUND_HALF_UP
 from pathlib import Path
 import numpy as np, pandas as pd

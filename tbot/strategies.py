@@ -7,7 +7,7 @@ Docs: https://tbot-dev.github.io/tbot/strategies.html.md"""
 # %% ../nbs/04_strategies.ipynb #e4641682
 from __future__ import annotations
 import inspect, math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np, pandas as pd
 from numba import njit, prange
 from .config import TbotError

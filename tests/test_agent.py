@@ -1,5 +1,5 @@
 """The master agent on real BTC/ETH candles: decide/backtest parity, no future in learning, the portfolio stop, exchange rules, CLI."""
-import json, os, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from tbot import agent, data, risk
@@ -207,7 +207,7 @@ def test_single_strategy_runs_of_the_walk_forward_carry_their_fees(candles, name
     from tbot.backtest import backtest as single_backtest
     hist = cut(candles, '2021-01-01', '2022-12-31')
     p = agent.plan(hist)
-    run = agent._single_run(hist, p, name, 'BTC/USDT', 0.001, 0.0005, 1000)
+    run = agent._single_run(hist['BTC/USDT'], None, p, name, 0.001, 0.0005, 1000)
     ref = single_backtest(hist['BTC/USDT'], name, fees=0.001, slippage=0.0005, init_cash=1000)
     assert run.fees.is_monotonic_increasing and abs(run.fees.iloc[-1] / ref.stats['fees_paid'] - 1) < 1e-12
     assert np.array_equal(run.equity.to_numpy(), ref.equity.to_numpy())

@@ -7,7 +7,7 @@ from scipy.stats import rankdata
 from tbot.config import TbotError
 from tbot.data import read_candle_file, write_series, Series
 from tbot import indicators as ind
-from tbot.backtest import (STATS, backtest, sweep, walk_forward, pbo, deflated_sharpe, _block_of, compute_stats)
+from tbot.backtest import STATS, backtest, sweep, pbo, deflated_sharpe
 
 TBOT = Path(sys.executable).parent / 'tbot'
 

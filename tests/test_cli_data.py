@@ -78,7 +78,7 @@ def test_a_crash_mid_write_leaves_the_previous_file_intact(store, shared):
     tbot('data', 'import', str(shared))
     target = store / 'binance' / 'BTC_USDT-1h.parquet'
     before = target.read_bytes()
-    crash = textwrap.dedent(f'''
+    crash = textwrap.dedent('''
         import os, pyarrow.parquet as pq
         from tbot import data
         def dying_write(table, f, **kw):

@@ -1,10 +1,10 @@
 """tbot.regime on the shared real data and on synthetic markets: causality, stability, bad input, evaluation, CLI."""
-import json, os, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
-import numpy as np, pandas as pd, pytest
+import pandas as pd, pytest
 from tbot import regime
 from tbot.config import TbotError
-from tbot.data import read_candle_file, synthetic
+from tbot.data import read_candle_file
 
 TBOT = str(Path(sys.executable).parent / 'tbot')
 

@@ -1,12 +1,12 @@
 """Risk: the portfolio stop on real and constructed markets, the bar-by-bar loop against the vectorized path, exchange rounding
 against ccxt's own code on Binance's recorded markets, and settings."""
-import json, math, os, subprocess, sys
+import subprocess, sys
 import numpy as np, pandas as pd, pytest
 from binance_stub import BinanceStub, point_at
 from tbot.config import TbotError
 from tbot import data, risk
 from tbot.risk import (PortfolioStop, simulate_exposure, round_order, market_rules, RECORDED_MARKETS, order_for_target,
-                       RiskConfig, apply_limits)
+                       apply_limits)
 
 @pytest.fixture(scope='module')
 def btc(shared): return data.read_candle_file(shared / 'BTC_USDT-1h.feather')
