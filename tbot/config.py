@@ -6,17 +6,74 @@ Docs: https://tbot-dev.github.io/tbot/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #4b59e1d0
 from __future__ import annotations
-import configparser, os, tempfile
+import configparser, math, os, re, tempfile
 from contextlib import contextmanager
 from pathlib import Path
+import pandas as pd
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'TbotError', 'atomic_write', 'find_settings_file', 'Settings', 'settings', 'Secret', 'read_dotenv',
-           'api_credentials']
+__all__ = ['DEFAULTS', 'TbotError', 'parse_time', 'check_period', 'parse_duration', 'check_number', 'atomic_write',
+           'find_settings_file', 'Settings', 'settings', 'Secret', 'read_dotenv', 'api_credentials']
 
 # %% ../nbs/00_config.ipynb #2fa8de1c
 class TbotError(Exception):
     "A problem with the user's input or environment, shown as one line without a traceback."
+
+# %% ../nbs/00_config.ipynb #653c6616
+def parse_time(
+    value,                 # a date or time: '2022-06-18', '2022-06-18 12:00', a Timestamp, a datetime
+    what:str='time',       # what the value is, for the error, e.g. '--start'
+    end_of_day:bool=False, # a bare date means the whole of that day (an inclusive end)
+)->pd.Timestamp:           # a UTC Timestamp; a naive value is taken as UTC
+    "Parse a user's time into UTC, or raise one line that names `what`."
+    try: t = pd.Timestamp(value.strip() if isinstance(value, str) else value)
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        raise TbotError(f"{what}: {value!r} is not a date or time (use YYYY-MM-DD or 'YYYY-MM-DD HH:MM', UTC)") from None
+    if t is pd.NaT or pd.isna(t): raise TbotError(f"{what}: {value!r} is not a date or time (use YYYY-MM-DD, UTC)")
+    t = t.tz_localize('UTC') if t.tzinfo is None else t.tz_convert('UTC')
+    if end_of_day and isinstance(value, str) and re.fullmatch(r'\d{4}-\d{2}-\d{2}', value.strip()):
+        t = t + pd.Timedelta(days=1) - pd.Timedelta(1, 'ns')
+    return t
+
+# %% ../nbs/00_config.ipynb #f8ae1802
+def check_period(
+    start:pd.Timestamp|None, # the first time asked for
+    end:pd.Timestamp|None,   # the last time asked for
+):
+    "Refuse a period whose start is after its end."
+    if start is not None and end is not None and start > end:
+        raise TbotError(f"--start {start:%Y-%m-%d %H:%M} is after --end {end:%Y-%m-%d %H:%M}")
+
+def parse_duration(
+    value,               # a pandas offset like '365D', '90D', '12h', or a Timedelta
+    what:str='duration', # what the value is, for the error, e.g. '--train'
+)->pd.Timedelta:         # a positive Timedelta
+    "Parse a positive duration, or raise one line that names `what`."
+    try: d = pd.Timedelta(value.strip() if isinstance(value, str) else value)
+    except (ValueError, TypeError, OverflowError):
+        raise TbotError(f"{what}: {value!r} is not a duration (use e.g. 365D, 90D, 12h)") from None
+    if d is pd.NaT or pd.isna(d) or d <= pd.Timedelta(0): raise TbotError(f"{what}: {value!r} must be a positive duration")
+    return d
+
+def check_number(
+    value,               # the number (or its text)
+    what:str='value',    # what the value is, for the error, e.g. '--fees'
+    lo:float|None=None,  # smallest allowed
+    hi:float|None=None,  # largest allowed
+    lo_open:bool=False,  # `lo` itself is not allowed
+    integer:bool=False,  # must be a whole number
+)->float|int:            # the number, finite and within its bounds
+    "A finite number within bounds, or one line that names `what`."
+    try: x = float(value)
+    except (ValueError, TypeError): raise TbotError(f"{what}: {value!r} is not a number") from None
+    if not math.isfinite(x): raise TbotError(f"{what}: {value!r} must be a finite number")
+    if integer:
+        if x != int(x): raise TbotError(f"{what}: {value!r} must be a whole number")
+        x = int(x)
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        raise TbotError(f"{what}: {value!r} must be {'greater than' if lo_open else 'at least'} {lo:g}")
+    if hi is not None and x > hi: raise TbotError(f"{what}: {value!r} must be at most {hi:g}")
+    return x
 
 # %% ../nbs/00_config.ipynb #3765a7de
 @contextmanager
