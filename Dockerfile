@@ -5,8 +5,10 @@ WORKDIR /app
 COPY . /app
 RUN python3 -m venv .venv \
  && .venv/bin/python -m pip install --quiet --upgrade pip \
- && .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+ && .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]' \
+ && touch .venv/.installed
 ENV PATH=/app/.venv/bin:$PATH
-# Mount a store with -v $PWD/data:/app/data to keep candles between runs.
+# Mount a store with -v $PWD/data:/app/data to keep candles between runs; `docker run IMAGE config` shows where everything is.
+# JupyterLab on the notebooks: docker run -p 8888:8888 --entrypoint make IMAGE lab LAB_ARGS="--ip=0.0.0.0 --no-browser"
 ENTRYPOINT ["tbot"]
 CMD ["run"]

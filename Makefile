@@ -2,12 +2,13 @@
 #   make run   - create .venv, install tbot with pinned dependencies, run the main job
 #   make test  - create or update .venv, then: nbdev-clean + nbdev-export (must change nothing),
 #                nbdev-test (the notebooks' lesson cells), pytest tests/
+#   make lab   - create or update .venv, then start JupyterLab on the notebooks (nbs/); options through LAB_ARGS
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast install bench clean-venv
+.PHONY: run test test-fast install bench lab clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,12 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/tbot run
+
+# JupyterLab, the research environment, on the notebooks. e.g. make lab LAB_ARGS="--no-browser --port 8899"
+# (as root, in a container, JupyterLab needs --allow-root: added then.)
+LAB_ARGS ?=
+lab: install
+	$(BIN)/jupyter lab --ServerApp.root_dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Hash every file under nbs/ and tbot/ before and after clean+export: any change means the
 # committed notebooks and package were out of sync (or a notebook was not clean).

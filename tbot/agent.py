@@ -16,8 +16,8 @@ from .data import REGIMES, timeframe_delta, _utc
 
 # %% auto #0
 __all__ = ['Bot', 'Policy', 'load_policy', 'decide_loop', 'candidate_exposure', 'Plan', 'plan', 'bot_frames', 'decision_log',
-           'agent_trades', 'attribution', 'AgentResult', 'backtest', 'decide', 'cut', 'explain', 'walk_forward',
-           'shadow_performance', 'record', 'load_data', 'load_bot_data', 'cli_agent']
+           'agent_trades', 'attribution', 'halt_text', 'AgentResult', 'backtest', 'decide', 'cut', 'explain',
+           'walk_forward', 'shadow_performance', 'record', 'load_data', 'load_bot_data', 'cli_agent']
 
 # %% ../nbs/07_agent.ipynb #8dd60b9e
 @dataclass
@@ -502,6 +502,15 @@ def attribution(
     return {by: df.groupby(by, sort=True)['pnl'].sum().rename('pnl') for by in ('bot', 'strategy', 'regime', 'symbol')}
 
 # %% ../nbs/07_agent.ipynb #ea19568b
+def halt_text(
+    halt:dict, # `AgentResult.halt`
+)->str:        # one sentence that leads every summary
+    "The portfolio stop in words: when, at what equity, and that the agent then sat in cash."
+    t, end = pd.Timestamp(halt['time']), pd.Timestamp(halt['end'])
+    return (f"HALTED: the portfolio stop fired on {t:%Y-%m-%d %H:%M} UTC at equity {halt['equity']:,.2f} "
+            f"({halt['equity'] / halt['init_cash']:.1%} of the {halt['init_cash']:,.2f} start); the agent held only cash from then "
+            f"until the end of the run on {end:%Y-%m-%d} ({halt['years_in_cash']:.1f} years), and trades again only when a human resets it.")
+
 class AgentResult:
     "The master agent's backtest: a `Result` (stats, equity, trades, benchmark, assumptions) plus attribution, decisions and capital per bot."
     def __init__(self, result, plan:Plan, simulation, attribution:dict, decisions:pd.DataFrame, capital:pd.DataFrame):
@@ -512,9 +521,20 @@ class AgentResult:
         if k in ('result', 'plan', 'simulation'): raise AttributeError(k)
         return getattr(self.result, k)   # stats, equity, trades, benchmark, assumptions, drawdown
 
+    @property
+    def halt(self)->dict|None:
+        "The portfolio stop, if it fired: when, the equity then, and how long the agent sat in cash after it; None if it never fired."
+        ev = self.simulation.events
+        h = ev[ev.event == 'halted']
+        if not len(h): return None
+        t, end = pd.Timestamp(h.time.iloc[0]), self.equity.index[-1]
+        out = {'time': str(t), 'equity': float(self.equity.loc[t]), 'init_cash': float(self.assumptions['init_cash']), 'end': str(end),
+               'years_in_cash': (end - t) / pd.Timedelta(days=365.25), 'reason': str(h.reason.iloc[0])}
+        return {**out, 'text': halt_text(out)}
+
     def summary(self)->dict:
-        "Stats beside buy-and-hold, assumptions, attribution and the stop's events, for JSON."
-        return {**self.result.summary(), 'attribution': {k: v.round(2).to_dict() for k, v in self.attribution.items()},
+        "The halt (if any) first, then stats beside buy-and-hold, assumptions, attribution and the stop's events, for JSON."
+        return {'halted': self.halt, **self.result.summary(), 'attribution': {k: v.round(2).to_dict() for k, v in self.attribution.items()},
                 'events': self.simulation.events.astype(str).to_dict('records')}
 
     def plot(self, title:str|None=None):
@@ -527,7 +547,11 @@ class AgentResult:
         fig.add_scatter(x=self.benchmark.equity.index, y=self.benchmark.equity, name='buy-and-hold', row=1, col=1)
         fig.add_scatter(x=self.equity.index, y=self.drawdown, name='drawdown', fill='tozeroy', row=2, col=1)
         for b in self.capital.columns: fig.add_scatter(x=self.capital.index, y=self.capital[b], name=b, stackgroup='capital', row=3, col=1)
+        if self.halt:  # after the stop no bot holds capital: it is all cash
+            cash = self.equity[self.equity.index >= self.halt['time']]
+            fig.add_scatter(x=cash.index, y=cash, name='cash (halted)', stackgroup='capital', line_color='grey', row=3, col=1)
         note = f"{a['sample']}, fees {a['fees']:.4%}, slippage {a['slippage']:.4%}, fill {a['fill']}" + (', SYNTHETIC data' if a.get('synthetic') else '')
+        if self.halt: note = f"HALTED {self.halt['time'][:10]}; " + note
         fig.update_layout(title=title or f"master agent on {', '.join(a['symbols'])} {a.get('timeframe') or ''} ({note})", height=800)
         return fig
 
@@ -558,6 +582,13 @@ def _tail(p:Plan, i0:int)->Plan:
     return Plan(p.index[i0:], p.policy, p.symbols, p.regimes.iloc[i0:], p.candidates, p.choice[i0:], p.score[i0:], p.best[i0:],
                 p.split.iloc[i0:], p.weights.iloc[i0:], p.target.iloc[i0:], {k: v[i0:] for k, v in p.shadow.items()}, p.timeframe, parts)
 
+def _simulate(frames:dict, p:Plan, i0:int, fees:float, slippage:float, init_cash:float, rebalance_band:float=0.02):
+    "Trade the plan's targets from bar i0 on as one portfolio, with the stop, exchange rules and rebalance band: a `tbot.risk.Simulation`."
+    from tbot import risk
+    rules = {k: risk.RECORDED_MARKETS[k] for k in p.symbols if k in risk.RECORDED_MARKETS}
+    return risk.simulate_exposure({k: v.iloc[i0:] for k, v in frames.items()}, p.target.iloc[i0:], init_cash, fees, slippage,
+                                  rules=rules, rebalance_band=rebalance_band), rules
+
 def backtest(
     data:dict,                # {symbol: candles} on the same timestamps, or {(symbol, timeframe): candles} for bots on their own timeframes
     policy:Policy|None=None,  # bots and matrix; `load_policy()` when None
@@ -580,8 +611,7 @@ def backtest(
     i0 = 0 if start is None else int(p.index.searchsorted(_utc(start)))
     if not 0 <= i0 < len(p.index) - 1: raise TbotError(f"start {start} leaves no bars to trade")
     frames_t = {k: v.iloc[i0:] for k, v in frames.items()}
-    rules = {k: risk.RECORDED_MARKETS[k] for k in p.symbols if k in risk.RECORDED_MARKETS}
-    sim = risk.simulate_exposure(frames_t, p.target.iloc[i0:], init_cash, fees, slippage, rules=rules, rebalance_band=rebalance_band)
+    sim, rules = _simulate(frames, p, i0, fees, slippage, init_cash, rebalance_band)
     close = pd.DataFrame({k: v['close'] for k, v in frames_t.items()})
     trades = agent_trades(sim.fills, close)
     st = compute_stats(sim.equity, trades, sim.fees_paid, init_cash, exposure=(sim.units != 0).any(axis=1).to_numpy())
@@ -611,6 +641,7 @@ def backtest(
                                'strategy': None, 'score': np.nan, 'split': None, 'reason': h.reason + ' Trading halted until a human resets it.'}])],
                               ignore_index=True)
     capital = p.split.iloc[i0:].mul(sim.equity, axis=0)
+    if len(halted): capital[capital.index >= halted.time.iloc[0]] = 0.0   # halted: no bot holds capital, it is all cash
     return AgentResult(res, p, sim, attr, decisions, capital)
 
 # %% ../nbs/07_agent.ipynb #531af6d2
@@ -645,20 +676,50 @@ def cut(
     close = _utc(at) + timeframe_delta(base)
     return {k: v[v.index + timeframe_delta(k[1]) <= close] for k, v in data.items()}
 
+def _data_end(data:dict)->pd.Timestamp:
+    "When the candles end: the close of the last bar of the finest series."
+    step = lambda v: v.index[-1] - v.index[-2] if len(v) > 1 else pd.Timedelta(0)
+    return min(v.index[-1] + step(v) for v in data.values())
+
 def explain(
     data:dict,               # {symbol: candles}, or {(symbol, timeframe): candles}
-    at,                      # the bar to explain (timestamp; the last bar at or before it)
+    at,                      # the bar to explain (timestamp; the last bar at or before it; a naive time is UTC)
     policy:Policy|None=None, detector:str|None=None,
-)->dict:                     # the `decide` output at that bar, plus every candidate's score and the decision log lines of that bar
-    "What the agent saw and decided at one bar, using only the history up to it."
-    at = _utc(at)
+    start=None,              # the first bar that may trade, as for `backtest`: the portfolio stop is checked from there
+    fees:float|None=None, slippage:float|None=None, init_cash:float|None=None, # `[backtest]` defaults when None
+)->dict:                     # `halted` (None, or the stop that halted trading), the `decide` output at that bar, every candidate's score, the decision log lines of that bar
+    "What the agent saw and decided at one bar, using only the history up to it; halted by the portfolio stop, it holds nothing."
+    from tbot.config import parse_time
+    at = parse_time(at, 'at')
     policy = policy or load_policy()
+    s = settings()
+    fees = s.getfloat('backtest', 'fees', 0.001) if fees is None else fees
+    slippage = s.getfloat('backtest', 'slippage', 0.0005) if slippage is None else slippage
+    init_cash = s.getfloat('backtest', 'init_cash', 1000) if init_cash is None else init_cash
     symbols = list(dict.fromkeys(s for b in policy.bots for s in b.symbols))
+    ends = _data_end(data)
+    if at >= ends: raise TbotError(f"nothing to explain at {at:%Y-%m-%d %H:%M}: the candles end at {ends:%Y-%m-%d %H:%M} UTC")
     upto = cut(data, at, policy) if _multi(data) else {k: v.loc[:at] for k, v in _frames(data, symbols).items()}
     if min(len(v) for v in upto.values()) < 2: raise TbotError(f"no candles at or before {at}")
-    p = plan(upto, policy, detector)
+    p = plan(upto, policy, detector, fees)
     out = decide(upto, policy, detector, p=p)
     t = len(p.index) - 1
+    # the portfolio the backtest would have run up to this bar: has the stop halted it?
+    i0 = 0 if start is None else int(p.index.searchsorted(_utc(start)))
+    halted = None
+    if i0 < t:
+        sim, _ = _simulate(_sim_frames(upto, p), p, i0, fees, slippage, init_cash)
+        h = sim.events[sim.events.event == 'halted']
+        if len(h):
+            ht = pd.Timestamp(h.time.iloc[0])
+            halted = {'time': str(ht), 'equity': float(sim.equity.loc[ht]), 'init_cash': float(init_cash), 'reason': str(h.reason.iloc[0]),
+                      'text': f"HALTED since {ht:%Y-%m-%d %H:%M} UTC: the portfolio stop fired at equity {float(sim.equity.loc[ht]):,.2f} "
+                              f"({float(sim.equity.loc[ht]) / init_cash:.1%} of the {init_cash:,.2f} start); the agent holds only cash "
+                              f"until a human resets it: every target is 0"}
+            out['targets'] = {k: 0.0 for k in out['targets']}
+            for x in out['bots'].values():
+                for d in x.values(): d['weight'] = 0.0
+    out = {'halted': halted, **out}
     # each candidate's score now, recomputed from its record (the same formula as decide_loop)
     scores = {}
     for b, bot in enumerate(policy.bots):
@@ -814,8 +875,11 @@ def record(
     names = r.plan.policy.bot_names
     dec = r.decisions.copy()
     dec['split'] = dec['split'].map(lambda x: dict(zip(names, (int(v) / 100 for v in x.split('/')))) if isinstance(x, str) else None)
-    perf = shadow_performance(r.plan, a.get('timeframe') or '', a['sample'])
-    return led.write_run(kind, {'symbols': a['symbols'], 'detector': a['detector'], 'policy': [b.__dict__ for b in r.plan.policy.bots]},
+    traded = _tail(r.plan, int(r.plan.index.searchsorted(r.equity.index[0])))  # the bars this run traded (a walk-forward: its test windows)
+    perf = shadow_performance(traded, a.get('timeframe') or '', a['sample'])
+    params = {'symbols': a['symbols'], 'timeframe': a.get('timeframe'), 'bot_timeframes': a.get('bot_timeframes'), 'start': a['start'], 'end': a['end'],
+              'detector': a['detector'], 'policy': [b.__dict__ for b in r.plan.policy.bots]}
+    return led.write_run(kind, params,
                          trades=trades, equity=equity, decisions=dec, performance=perf, data={' '.join(k) if isinstance(k, tuple) else k: v for k, v in data.items()},
                          name='master agent', sample=a['sample'], assumptions={k: a[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop')},
                          synthetic=bool(a.get('synthetic')))
@@ -861,9 +925,19 @@ def _policy_for(symbols:list[str]|None)->Policy:
         for b in pol.bots: b.symbols = list(symbols)
     return pol
 
+def _explain_text(o:dict)->str:
+    from tbot.cli import table
+    return '\n'.join(([o['halted']['text']] if o['halted'] else []) + [
+        f"{o['time']}: regimes " + ', '.join(f"{k} {v['regime']} since {v['since'][:16]}" for k, v in o['regimes'].items()),
+        'split ' + ', '.join(f'{k} {v:.0%}' for k, v in o['split'].items()),
+        table([{'bot': b, 'symbol': sym, **d, 'candidates': ', '.join(f'{n} {v:.2f}' for n, v in o['scores'][b][sym].items() if v is not None)}
+               for b, x in o['bots'].items() for sym, d in x.items()]),
+        'targets ' + ', '.join(f'{k} {v:.0%}' for k, v in o['targets'].items()) + (' (halted)' if o['halted'] else ''), *o['decisions_at_bar']])
+
 def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     "The `tbot agent` command."
     from tbot.cli import ArgParser, emit, table
+    from tbot.config import parse_time, check_period, parse_duration, check_number
     s = settings()
     p = ArgParser(prog=prog, description='Backtest, walk forward and explain the master agent.')
     sub = p.add_subparsers(dest='cmd', required=True, parser_class=ArgParser)
@@ -875,39 +949,51 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
         a.add_argument('--bot-timeframes', action='store_true', help="run each bot on its own timeframe ([bots] NAME_timeframe); the run covers the time all those candles cover")
         a.add_argument('--exchange', default=s.get('exchange', 'id'), help='store exchange')
         a.add_argument('--detector', help='regime detector (rules or hmm); settings.ini when omitted')
+        a.add_argument('--start', help='first bar that may trade (UTC; earlier bars warm up and teach the agent); for explain, where the portfolio (and its stop) starts')
+        a.add_argument('--fees', help='fee per fill, a fraction of notional; settings.ini [backtest] fees when omitted')
+        a.add_argument('--slippage', help='slippage per fill, a fraction of price; settings.ini [backtest] slippage when omitted')
+        a.add_argument('--init-cash', help='starting capital (quote currency); settings.ini [backtest] init_cash when omitted')
         a.add_argument('--json', action='store_true', help='print JSON')
-    bt.add_argument('--start', help='first bar that may trade (earlier bars warm up and teach the agent)')
-    bt.add_argument('--end', help='last bar')
+    bt.add_argument('--end', help='last bar (UTC; a date means the whole day)')
     bt.add_argument('--walk-forward', action='store_true', help='out-of-sample walk-forward against the best single strategy chosen in-sample')
     bt.add_argument('--train', default='365D', help='walk-forward training window'); bt.add_argument('--test', default='180D', help='walk-forward test window')
     bt.add_argument('--no-ledger', action='store_true', help='do not write the run to the ledger')
     ex.add_argument('--at', required=True, help='the bar to explain (UTC), e.g. 2022-06-18')
     a = p.parse_args(argv)
+    # every input is checked before any candle is read
+    start = parse_time(a.start, '--start') if a.start else None
+    end = parse_time(a.end, '--end', end_of_day=True) if getattr(a, 'end', None) else None
+    check_period(start, end)
+    at = parse_time(a.at, '--at') if a.cmd == 'explain' else None
+    if at is not None and start is not None and start > at: raise TbotError(f"--start {start:%Y-%m-%d %H:%M} is after --at {at:%Y-%m-%d %H:%M}")
+    if a.cmd == 'backtest' and a.walk_forward: parse_duration(a.train, '--train'); parse_duration(a.test, '--test')
+    cost = {'fees': None if a.fees is None else check_number(a.fees, '--fees', 0, 0.5),
+            'slippage': None if a.slippage is None else check_number(a.slippage, '--slippage', 0, 0.5),
+            'init_cash': None if a.init_cash is None else check_number(a.init_cash, '--init-cash', 0, lo_open=True)}
     pol = _policy_for(a.symbols.split(',') if a.symbols else None)
     symbols = list(dict.fromkeys(x for b in pol.bots for x in b.symbols))
-    end = getattr(a, 'end', None) or (a.at if a.cmd == 'explain' else None)
+    end = end if a.cmd == 'backtest' else at
     data = load_bot_data(pol, a.exchange, end) if a.bot_timeframes else load_data(symbols, a.timeframe, a.exchange, end=end)
     if a.cmd == 'explain':
-        out = explain(data, a.at, pol, a.detector)
-        emit(out, a.json, lambda o: '\n'.join([f"{o['time']}: regimes " + ', '.join(f"{k} {v['regime']} since {v['since'][:16]}" for k, v in o['regimes'].items()),
-              'split ' + ', '.join(f'{k} {v:.0%}' for k, v in o['split'].items()),
-              table([{'bot': b, 'symbol': sym, **d, 'candidates': ', '.join(f'{n} {v:.2f}' for n, v in o['scores'][b][sym].items() if v is not None)}
-                     for b, x in o['bots'].items() for sym, d in x.items()]),
-              'targets ' + ', '.join(f'{k} {v:.0%}' for k, v in o['targets'].items()), *o['decisions_at_bar']]))
+        emit(explain(data, at, pol, a.detector, start=start, **cost), a.json, _explain_text)
         return 0
     keys = ['total_return', 'cagr', 'sharpe', 'sortino', 'max_drawdown', 'min_equity', 'win_rate', 'profit_factor', 'exposure', 'trades', 'fees_paid', 'halted_at']
     if a.walk_forward:
-        wf = walk_forward(data, a.train, a.test, True, pol, a.detector)
-        out = {k: v for k, v in wf.items() if k not in ('result', 'single_equity')}
+        if start is not None:  # the walk-forward's first training window starts here
+            data = {k: v[v.index >= start] for k, v in data.items()}
+            if min(len(v) for v in data.values()) < 2: raise TbotError(f"no candles from --start {start:%Y-%m-%d %H:%M}")
+        wf = walk_forward(data, a.train, a.test, True, pol, a.detector, **cost)
+        out = {'halted': wf['result'].halt, **{k: v for k, v in wf.items() if k not in ('result', 'single_equity')}}
         if not a.no_ledger: out['ledger_run'] = record(wf['result'], data, kind='agent_walkforward')
         x = out['assumptions']; tfs = ', '.join(f'{b} {t}' for b, t in x['bot_timeframes'].items()) if x.get('bot_timeframes') else x['timeframe']
-        emit(out, a.json, lambda o: '\n'.join([f"OUT-OF-SAMPLE walk-forward {', '.join(x['symbols'])} {tfs} {o['start'][:10]} .. {o['end'][:10]} (train {o['train']}, test {o['test']}); "
+        emit(out, a.json, lambda o: '\n'.join(([o['halted']['text']] if o['halted'] else []) + [
+              f"OUT-OF-SAMPLE walk-forward {', '.join(x['symbols'])} {tfs} {o['start'][:10]} .. {o['end'][:10]} (train {o['train']}, test {o['test']}); "
               f"fees {o['assumptions']['fees']:.3%}, slippage {o['assumptions']['slippage']:.3%}, fill {o['assumptions']['fill']}" + (' SYNTHETIC DATA' if o['assumptions']['synthetic'] else ''),
               table([{'': k, 'agent': o['agent'][k], 'best single (chosen in-sample)': o['best_single'][k], 'buy-and-hold': o['buy_and_hold'][k]}
                      for k in o['agent']]), '', table(o['folds'])]))
         return 0
-    r = backtest(data, pol, a.detector, start=a.start)
-    out = {'stats': {k: r.stats.get(k) for k in keys}, 'benchmark': {k: r.benchmark.stats.get(k) for k in keys},
+    r = backtest(data, pol, a.detector, start=start, **cost)
+    out = {'halted': r.halt, 'stats': {k: r.stats.get(k) for k in keys}, 'benchmark': {k: r.benchmark.stats.get(k) for k in keys},
            'assumptions': r.assumptions, 'attribution': {k: v.round(2).to_dict() for k, v in r.attribution.items()},
            'events': r.simulation.events.astype(str).to_dict('records'), 'decisions': len(r.decisions)}
     if not a.no_ledger: out['ledger_run'] = record(r, data)
@@ -918,6 +1004,7 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
         rows = [{'': k, 'agent': o['stats'][k], 'buy-and-hold': o['benchmark'][k]} for k in keys]
         attr = [{'by': by, 'name': n, 'pnl': v} for by, d in o['attribution'].items() for n, v in d.items()]
         ev = [e['reason'] for e in o['events']]
-        return '\n'.join([('*** SYNTHETIC DATA ***  ' if x['synthetic'] else '') + head, table(rows), '', 'attribution (P&L, quote currency)', table(attr), *ev])
+        return '\n'.join(([o['halted']['text']] if o['halted'] else []) + [('*** SYNTHETIC DATA ***  ' if x['synthetic'] else '') + head, table(rows), '',
+                         'attribution (P&L, quote currency)', table(attr), *ev])
     emit(out, a.json, human)
     return 0

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 import numpy as np, pandas as pd
 from numba import njit, prange
 from types import SimpleNamespace
-from scipy import stats as sps
-from .config import TbotError, settings
+from .config import TbotError, check_number, check_period, parse_duration, parse_time, settings
 from .strategies import Signals, Strategy, get_strategy, pair_frame, _bars_per_year
 
 # %% auto #0
-__all__ = ['FILLS', 'STATS', 'K', 'simulate', 'compute_stats', 'Result', 'buy_and_hold', 'backtest', 'expand_grid', 'sweep',
-           'heatmap', 'deflated_sharpe', 'pbo', 'WalkForward', 'walk_forward', 'cli_backtest', 'cli_sweep',
-           'cli_walkforward']
+__all__ = ['FILLS', 'STATS', 'K', 'MAX_COMBOS', 'MAX_BLOCKS', 'simulate', 'compute_stats', 'Result', 'buy_and_hold', 'backtest',
+           'expand_grid', 'sweep', 'heatmap', 'deflated_sharpe', 'pbo', 'WalkForward', 'walk_forward', 'cli_backtest',
+           'cli_sweep', 'cli_walkforward']
 
 # %% ../nbs/05_backtest.ipynb #66f4fb3f
 FILLS = ('next_open', 'close')
@@ -26,13 +25,13 @@ FILLS = ('next_open', 'close')
 def _defaults(fees, slippage, init_cash, fill)->tuple:
     "The cost assumptions: arguments, else settings.ini [backtest]; checked."
     s = settings() if None in (fees, slippage, init_cash, fill) else None  # read the file only when needed
-    fees = s.getfloat('backtest', 'fees', '0.001') if fees is None else float(fees)
-    slippage = s.getfloat('backtest', 'slippage', '0.0005') if slippage is None else float(slippage)
-    init_cash = s.getfloat('backtest', 'init_cash', '1000') if init_cash is None else float(init_cash)
+    given = lambda v, k, d: (v, k) if v is not None else (s.get('backtest', k, d), f'settings [backtest] {k}')
+    fees = check_number(*given(fees, 'fees', '0.001'), lo=0)
+    slippage = check_number(*given(slippage, 'slippage', '0.0005'), lo=0)
+    init_cash = check_number(*given(init_cash, 'init_cash', '1000'), lo=0, lo_open=True, hi=1e15)
     fill = s.get('backtest', 'fill', 'next_open') if fill is None else fill
-    if not 0 <= fees < 0.1: raise TbotError(f"fees={fees} is outside [0, 0.1)")
-    if not 0 <= slippage < 0.1: raise TbotError(f"slippage={slippage} is outside [0, 0.1)")
-    if not init_cash > 0: raise TbotError(f"init_cash={init_cash} must be positive")
+    for k, v in (('fees', fees), ('slippage', slippage)):
+        if v >= 0.1: raise TbotError(f"{k}: {v:g} must be less than 0.1 (a fraction: 0.001 is 0.1%)")
     if fill not in FILLS: raise TbotError(f"fill={fill!r} is not one of {', '.join(FILLS)}")
     return fees, slippage, init_cash, fill
 
@@ -442,6 +441,8 @@ def _sweep_chunk(df, strategy, combos:list[dict], costs:tuple, n_blocks:int=0, p
         if n_blocks > 0: _blocks_nb(eq.to_numpy(), float(init_cash), block_of, n_blocks, blocks[i])
     return out, blocks
 
+MAX_COMBOS = 1_000_000  # a bigger grid is a typo (a tiny step), not a study
+
 def expand_grid(
     strategy:str|Strategy, # whose parameters
     grid:dict,             # name -> list of values (or one value)
@@ -452,6 +453,8 @@ def expand_grid(
     lists = {k: (list(v) if isinstance(v, (list, tuple, range, np.ndarray, pd.Index)) else [v]) for k, v in grid.items()}
     for k, v in lists.items():
         if not v: raise TbotError(f"grid parameter {k} has no values")
+    n = math.prod(map(len, lists.values()))
+    if n > MAX_COMBOS: raise TbotError(f"the grid has {n:,} combinations, more than {MAX_COMBOS:,}: make it coarser")
     return [s.check(dict(zip(lists, vals))) for vals in itertools.product(*lists.values())]
 
 def _chunk_size(n_bars:int, memory:float)->int:
@@ -499,6 +502,7 @@ def sweep(
 )->pd.DataFrame:              # one row per combination: its parameters, then STATS
     "Backtest every combination of a parameter grid, in memory-bounded chunks, locally or on Dask."
     costs = _defaults(fees, slippage, init_cash, fill)
+    memory = check_number(memory, 'memory', lo=0, lo_open=True)
     s = get_strategy(strategy)
     combos = expand_grid(s, grid)
     worst = max(combos, key=lambda c: s.warmup_fn(c))
@@ -507,7 +511,7 @@ def sweep(
     table = pd.concat([pd.DataFrame(combos), pd.DataFrame(stats, columns=STATS)], axis=1)
     table['trades'] = table['trades'].astype(int)
     table.attrs.update({'strategy': s.name, 'fees': costs[0], 'slippage': costs[1], 'init_cash': costs[2], 'fill': costs[3],
-                        'sample': 'in-sample', 'start': str(df.index[0]), 'end': str(df.index[-1]), 'bars': len(df),
+                        'sample': 'in-sample', 'symbol': df.attrs.get('symbol'), 'timeframe': df.attrs.get('timeframe'), 'start': str(df.index[0]), 'end': str(df.index[-1]), 'bars': len(df),
                         'synthetic': bool(df.attrs.get('synthetic', False)), 'grid': {k: list(v) if np.ndim(v) else [v] for k, v in grid.items()}})
     return table
 
@@ -537,6 +541,7 @@ def deflated_sharpe(
     kurtosis:float=3.0,  # kurtosis (not excess; 3 for normal returns)
 )->dict:                 # dsr (probability), sr0 (the luck benchmark), and the inputs
     "Deflated Sharpe ratio: the probability that the selected strategy's true Sharpe beats the best of n_trials lucky ones."
+    from scipy import stats as sps  # on first use: importing scipy.stats takes a second, and every command would wait for it
     if n_trials < 1 or n_obs < 2: raise TbotError("deflated_sharpe needs n_trials >= 1 and n_obs >= 2")
     emc = 0.5772156649015329
     sr0 = 0.0 if n_trials == 1 else math.sqrt(max(sharpe_var, 0.0)) * ((1 - emc) * sps.norm.ppf(1 - 1 / n_trials) + emc * sps.norm.ppf(1 - 1 / (n_trials * math.e)))
@@ -574,6 +579,19 @@ def _cscv_nb(s0, s1, s2, splits):
         logits[c] = math.log(w / (1 - w)); oos_best[c] = oos[best]
     return logits, oos_best
 
+MAX_BLOCKS = 20  # C(20, 10) = 184,756 splits; C(40, 20) would be 1.4e11
+
+def _check_blocks(
+    n_blocks,              # S, the number of contiguous blocks
+    n_obs:int|None=None,   # observations to split, when known
+    what:str='n_blocks',   # the name in the error, e.g. '--blocks'
+)->int:                    # S, checked
+    "An even number of blocks in [2, MAX_BLOCKS], at most half the observations; else one line."
+    S = check_number(n_blocks, what, lo=2, hi=MAX_BLOCKS, integer=True)
+    if S % 2: raise TbotError(f"{what}: {n_blocks!r} must be even (CSCV splits the blocks into two halves)")
+    if n_obs is not None and n_obs < 2 * S: raise TbotError(f"{what}: {S} blocks need at least {2 * S} observations, got {n_obs}")
+    return S
+
 def _block_sums(returns:np.ndarray, n_blocks:int)->tuple:
     "Per-block observation counts, sums and sums of squares of a T x N returns matrix."
     block_of = _block_of(len(returns), n_blocks)
@@ -591,11 +609,10 @@ def pbo(
     if block_sums is None:
         r = np.asarray(returns, dtype='float64')
         if r.ndim != 2 or r.shape[1] < 2: raise TbotError("pbo needs a T x N returns matrix with N >= 2 trials")
-        if n_blocks < 2 or n_blocks % 2 or len(r) < 2 * n_blocks: raise TbotError(f"n_blocks={n_blocks} must be even, >= 2, and at most half the observations")
+        _check_blocks(n_blocks, len(r))
         block_sums = _block_sums(np.nan_to_num(r), n_blocks)
     s0, s1, s2 = (np.asarray(x, dtype='float64') for x in block_sums)
-    S = len(s0)
-    if S < 2 or S % 2: raise TbotError(f"n_blocks={S} must be even and >= 2")
+    S = _check_blocks(len(s0))
     splits = np.array(list(itertools.combinations(range(S), S // 2)), dtype=np.int64)
     logits, oos_best = _cscv_nb(s0, s1, s2, splits)
     return {'pbo': float(np.mean(logits <= 0)), 'prob_oos_loss': float(np.mean(oos_best < 0)), 'n_splits': int(len(splits)),
@@ -622,9 +639,7 @@ class WalkForward:
 def _bars(x, index:pd.DatetimeIndex, what:str)->int:
     "A window length in bars, from bars or a duration."
     if isinstance(x, (int, np.integer)): n = int(x)
-    else:
-        try: n = int(pd.Timedelta(x) / pd.Timedelta(int(np.median(np.diff(index.as_unit('ns').asi8))), 'ns'))
-        except (ValueError, TypeError): raise TbotError(f"{what}={x!r} is neither a number of bars nor a duration like '90D'") from None
+    else: n = int(parse_duration(x, what) / pd.Timedelta(int(np.median(np.diff(index.as_unit('ns').asi8))), 'ns'))
     if n < 2: raise TbotError(f"{what}={x!r} is less than two bars")
     return n
 
@@ -642,10 +657,14 @@ def walk_forward(
     memory:float=2**30, client=None, progress:bool=False,
 )->WalkForward:
     "Optimise on rolling training windows, trade the next test window, stitch the out-of-sample equity, and measure overfitting."
+    from scipy import stats as sps
     costs = _defaults(fees, slippage, init_cash, fill)
     s = get_strategy(strategy)
     if metric not in STATS: raise TbotError(f"unknown metric {metric!r} (one of {', '.join(STATS)})")
     combos = expand_grid(s, grid)
+    if len(combos) > 1: n_blocks = _check_blocks(n_blocks, len(df))  # before the work: the PBO comes last
+    memory = check_number(memory, 'memory', lo=0, lo_open=True)
+    client = _client(client)  # connect once, not once per window
     warm = max(s.warmup_fn(c) for c in combos) + 2
     ntrain, ntest = _bars(train, df.index, 'train'), _bars(test, df.index, 'test')
     nstep = ntest if step is None else _bars(step, df.index, 'step')
@@ -715,48 +734,86 @@ def _stability(windows:pd.DataFrame, names:list, grid:dict)->pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_backtest.ipynb #b8e939be
+def _num(text:str, what:str)->int|float:
+    "A finite number from the command line: an int when written whole ('5', '1e3'), else a float ('5.0', '0.5')."
+    x = check_number(text, what)
+    return int(x) if x == int(x) and '.' not in text else x
+
 def _parse_params(text:str|None)->dict:
-    "k=v,k=v -> dict of floats (ints where whole); the strategy checks them."
+    "k=v,k=v -> dict of finite numbers (ints where written whole); the strategy checks names and ranges."
     out = {}
     for part in filter(None, (text or '').split(',')):
-        if '=' not in part: raise TbotError(f"bad --params entry {part!r} (expected name=value)")
-        k, v = part.split('=', 1)
-        try: x = float(v)
-        except ValueError: raise TbotError(f"--params {k.strip()}={v!r} is not a number") from None
-        out[k.strip()] = int(x) if x == int(x) and '.' not in v else x
+        k, eq, v = (x.strip() for x in part.partition('='))
+        if not (k and eq): raise TbotError(f"bad --params entry {part!r} (expected name=value)")
+        out[k] = _num(v, f'--params {k}')
     return out
 
 def _parse_grid(items:list[str])->dict:
     "['fast=5:50:5', 'slow=20,50,100'] -> {'fast': [5, 10, ..., 50], 'slow': [20, 50, 100]} (ranges include the stop)."
     grid = {}
     for it in items or []:
-        if '=' not in it: raise TbotError(f"bad --grid {it!r} (expected name=a,b,c or name=start:stop:step)")
-        k, v = it.split('=', 1)
-        num = lambda x: (int(float(x)) if float(x) == int(float(x)) and '.' not in x else float(x))
-        try:
-            if ':' in v:
-                a, b, *c = v.split(':'); a, b = num(a), num(b); st = num(c[0]) if c else 1
-                if st <= 0: raise ValueError
-                vals = list(np.round(np.arange(a, b + st / 2, st), 10)); vals = [int(x) if isinstance(a, int) and isinstance(st, int) else float(x) for x in vals]
-            else: vals = [num(x) for x in v.split(',') if x]
-        except (ValueError, IndexError): raise TbotError(f"bad --grid {it!r} (expected name=a,b,c or name=start:stop:step)") from None
-        grid[k.strip()] = vals
+        k, eq, v = (x.strip() for x in it.partition('='))
+        if not (k and eq): raise TbotError(f"bad --grid {it!r} (expected name=a,b,c or name=start:stop:step)")
+        if k in grid: raise TbotError(f"--grid {k} is given twice")
+        what = f'--grid {k}'
+        if ':' in v:
+            parts = v.split(':')
+            if len(parts) not in (2, 3): raise TbotError(f"bad --grid {it!r} (expected name=start:stop or name=start:stop:step)")
+            a, b = _num(parts[0], what), _num(parts[1], what); st = _num(parts[2], f'{what} step') if len(parts) == 3 else 1
+            if st <= 0: raise TbotError(f"{what}: the step {parts[2]!r} must be positive")
+            if b < a: raise TbotError(f"{what}: the range {v!r} runs backwards")
+            if (b - a) / st >= MAX_COMBOS: raise TbotError(f"{what}: {v!r} has more than {MAX_COMBOS:,} values: make the step bigger")
+            vals = list(np.round(np.arange(a, b + st / 2, st), 10)); vals = [int(x) if isinstance(a, int) and isinstance(st, int) else float(x) for x in vals]
+        else: vals = [_num(x.strip(), what) for x in v.split(',') if x.strip()]
+        if not vals: raise TbotError(f"{what} has no values")
+        grid[k] = vals
     if not grid: raise TbotError("give at least one --grid name=values")
     return grid
 
+def _period(a)->tuple:
+    "The command's --start and --end as UTC times (a bare --end date means that whole day), the start not after the end."
+    start = None if a.start is None else parse_time(a.start, '--start')
+    end = None if a.end is None else parse_time(a.end, '--end', end_of_day=True)
+    check_period(start, end)
+    return start, end
+
+def _series(symbol:str, a, start, end)->pd.DataFrame:
+    "One stored series cut to [start, end]; an empty cut names what the store holds."
+    from tbot import data
+    full = data.load(symbol, a.timeframe, a.exchange)
+    df = full.loc[start:end]; df.attrs = dict(full.attrs)
+    if df.empty:
+        held = f"{full.index[0]:%Y-%m-%d %H:%M} .. {full.index[-1]:%Y-%m-%d %H:%M}" if len(full) else 'nothing'
+        asked = f"{'the start' if start is None else f'{start:%Y-%m-%d %H:%M}'} .. {'the end' if end is None else f'{end:%Y-%m-%d %H:%M}'}"
+        raise TbotError(f"no {symbol} {a.timeframe} candles in {asked} (the store has {held})")
+    return df
+
 def _load(a)->pd.DataFrame:
     "The candles a command asked for (a pair frame for stat_arb strategies)."
-    from tbot import data
     s = get_strategy(a.strategy)
-    df = data.load(a.symbol, a.timeframe, a.exchange, a.start, a.end)
+    if s.family == 'stat_arb' and not a.ref:
+        raise TbotError(f"{s.name} trades a pair: give the second leg with --ref, e.g. --symbol ETH/USDT --ref BTC/USDT")
+    start, end = _period(a)
+    df = _series(a.symbol, a, start, end)
     if s.family == 'stat_arb':
-        if not a.ref: raise TbotError(f"{s.name} trades a pair: give the second leg with --ref, e.g. --symbol ETH/USDT --ref BTC/USDT")
-        ref = data.load(a.ref, a.timeframe, a.exchange, a.start, a.end)
+        ref = _series(a.ref, a, start, end)
         out = pair_frame(df, ref, 'spread' if s.name.endswith('_ls') else 'a')
         out.attrs.update(symbol=f"{a.symbol}~{a.ref}", timeframe=a.timeframe, synthetic=bool(df.attrs.get('synthetic') or ref.attrs.get('synthetic')))
         return out
     df.attrs.update(symbol=a.symbol, timeframe=a.timeframe)
     return df
+
+def _check_out(path:str, what:str):
+    "Refuse an output file whose folder does not exist, or which is a folder, before any work."
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir(): raise TbotError(f"{what}: {path} is a folder, not a file")
+    if not p.parent.is_dir(): raise TbotError(f"{what}: the folder {p.parent} does not exist")
+
+def _window(x, what:str):
+    "A walk-forward window from the command line: a whole number of bars, or a duration like 90D."
+    if x is None: return None
+    return check_number(x, what, lo=2, integer=True) if x.strip().isdigit() else parse_duration(x, what)
 
 def _common_args(p, grid:bool=False):
     s = settings()
@@ -773,7 +830,7 @@ def _common_args(p, grid:bool=False):
     if grid:
         p.add_argument('--grid', action='append', help='name=a,b,c or name=start:stop:step (repeat per parameter)')
         p.add_argument('--scheduler', help='Dask scheduler address (tcp://HOST:PORT) to run the grid on')
-        p.add_argument('--memory', type=float, default=1.0, help='GiB a chunk of the grid may take (default 1)')
+        p.add_argument('--memory', default='1', help='GiB a chunk of the grid may take (default 1)')
     p.add_argument('--json', action='store_true', help='print JSON')
 
 _SHOW = ['total_return', 'cagr', 'sharpe', 'sortino', 'calmar', 'max_drawdown', 'max_drawdown_days', 'win_rate', 'profit_factor',
@@ -795,8 +852,10 @@ def cli_backtest(argv:list[str], prog:str='tbot backtest')->int:
     _common_args(p)
     p.add_argument('--params', help='k=v,k=v (defaults for the rest)')
     a = p.parse_args(argv)
+    costs, params = _defaults(a.fees, a.slippage, a.init_cash, a.fill), _parse_params(a.params)
+    get_strategy(a.strategy).check(params)  # names, types and ranges before the data is read
     df = _load(a)
-    r = backtest(df, a.strategy, _parse_params(a.params), a.fees, a.slippage, a.init_cash, a.fill)
+    r = backtest(df, a.strategy, params, *costs)
     human = lambda o: '\n'.join([f"{o['assumptions']['strategy']} {o['assumptions']['params']}", _assumption_line(o['assumptions']), '',
                                    _side_by_side(o['stats'], o['benchmark'], 'strategy')])
     emit(r.summary(), a.json, human)
@@ -811,13 +870,17 @@ def cli_sweep(argv:list[str], prog:str='tbot sweep')->int:
     p.add_argument('--top', type=int, default=20, help='rows to show (default 20; --json gives all)')
     p.add_argument('--heatmap', help='write a plotly heatmap (HTML) of --sort over the first two grid parameters')
     a = p.parse_args(argv)
-    df = _load(a)
     if a.sort not in STATS: raise TbotError(f"unknown --sort {a.sort!r} (one of {', '.join(STATS)})")
-    grid = _parse_grid(a.grid)
-    t = sweep(df, a.strategy, grid, a.fees, a.slippage, a.init_cash, a.fill, memory=a.memory * 2**30, client=a.scheduler, progress=not a.json)
+    costs, grid = _defaults(a.fees, a.slippage, a.init_cash, a.fill), _parse_grid(a.grid)
+    expand_grid(a.strategy, grid)  # names, types and ranges before the data is read
+    memory, top = check_number(a.memory, '--memory', lo=0, lo_open=True, hi=2**20), check_number(a.top, '--top', lo=1, integer=True)
+    if a.heatmap:
+        if len(grid) < 2: raise TbotError(f"--heatmap needs a grid of two parameters, got {', '.join(grid)} (give --grid twice)")
+        _check_out(a.heatmap, '--heatmap')
+    df = _load(a)
+    t = sweep(df, a.strategy, grid, *costs, memory=memory * 2**30, client=a.scheduler, progress=not a.json)
     t = t.sort_values(a.sort, ascending=False, na_position='last')
     if a.heatmap:
-        if len(grid) < 2: raise TbotError("--heatmap needs a grid of two parameters")
         from tbot.config import atomic_write
         x, y = list(grid)[:2]
         with atomic_write(a.heatmap, 'w') as f: f.write(heatmap(t, x, y, a.sort).to_html(include_plotlyjs=True))  # embedded: the file works offline
@@ -825,8 +888,7 @@ def cli_sweep(argv:list[str], prog:str='tbot sweep')->int:
     def human(o):
         cols = list(grid) + ['total_return', 'sharpe', 'max_drawdown', 'trades', 'fees_paid']
         return '\n'.join([f"{len(o['rows'])} combinations of {t.attrs['strategy']}, sorted by {a.sort} (in-sample: the best row is optimistic)",
-                          _assumption_line({**t.attrs, 'symbol': df.attrs.get('symbol'), 'timeframe': df.attrs.get('timeframe')}), '',
-                          table(o['rows'][:a.top], cols)])
+                          _assumption_line(t.attrs), '', table(o['rows'][:top], cols)])
     emit(out, a.json, human)
     return 0
 
@@ -842,10 +904,14 @@ def cli_walkforward(argv:list[str], prog:str='tbot walkforward')->int:
     p.add_argument('--metric', default='sharpe', help='stat maximised in-sample (default sharpe)')
     p.add_argument('--blocks', type=int, default=16, help='blocks for the PBO cross-validation (even; default 16)')
     a = p.parse_args(argv)
+    if a.metric not in STATS: raise TbotError(f"unknown --metric {a.metric!r} (one of {', '.join(STATS)})")
+    costs, grid = _defaults(a.fees, a.slippage, a.init_cash, a.fill), _parse_grid(a.grid)
+    expand_grid(a.strategy, grid)  # names, types and ranges before the data is read
+    train, test, step = _window(a.train, '--train'), _window(a.test, '--test'), _window(a.step, '--step')
+    blocks, memory = _check_blocks(a.blocks, what='--blocks'), check_number(a.memory, '--memory', lo=0, lo_open=True, hi=2**20)
     df = _load(a)
-    conv = lambda x: int(x) if x is not None and str(x).isdigit() else x
-    wf = walk_forward(df, a.strategy, _parse_grid(a.grid), conv(a.train), conv(a.test), conv(a.step), a.anchored, a.metric,
-                      a.fees, a.slippage, a.init_cash, a.fill, a.blocks, a.memory * 2**30, a.scheduler, progress=not a.json)
+    wf = walk_forward(df, a.strategy, grid, train, test, step, a.anchored, a.metric, *costs, blocks, memory * 2**30, a.scheduler,
+                      progress=not a.json)
     def human(o):
         st, bh, ins = o['out_of_sample'], o['benchmark'], o['in_sample_mean']
         rows = [{'stat': k, 'out_of_sample': st.get(k), 'buy_and_hold': bh.get(k), 'in_sample_mean': ins.get(k)} for k in _SHOW if k in ins or k in st]

@@ -11,7 +11,7 @@ from .config import TbotError, settings
 
 # %% auto #0
 __all__ = ['COMMANDS', 'SYNTHETIC_BANNER', 'available_commands', 'ArgParser', 'table', 'jsonable', 'emit', 'ensure_data',
-           'cli_run', 'main']
+           'cli_run', 'run_text', 'main']
 
 # %% ../nbs/99_cli.ipynb #eb4021bf
 COMMANDS = {  # name: (module, function, one-line help)
@@ -26,6 +26,7 @@ COMMANDS = {  # name: (module, function, one-line help)
     'ledger':      ('tbot.ledger', 'cli_ledger', 'the performance ledger: which strategy works in which market'),
     'report':      ('tbot.reports', 'cli_report', 'run research notebooks with papermill into reports/'),
     'schedule':    ('tbot.schedule', 'cli_schedule', 'run the scheduled jobs of settings.ini'),
+    'config':      ('tbot.config', 'cli_config', 'which settings file is in force; where the store, ledger and reports are'),
 }
 
 def available_commands()->dict:
@@ -102,13 +103,20 @@ def cli_run(argv:list[str], prog:str='tbot run')->int:
     a = p.parse_args(argv)
     folder = main_job(offline=a.offline, say=(lambda m: print(m, file=sys.stderr)) if a.json else print)
     out = report_summary(folder)   # report, html, index, title, synthetic, summary, headline
-    def human(o):
-        head = [SYNTHETIC_BANNER] if o['synthetic'] else []
-        rows = [{'metric': k, 'value': v} for k, v in o['headline'].items()]
-        return '\n'.join(head + [o['title'], '', o['summary'].replace('**', ''), '', table(rows), '',
-                                 f"report: {o['html']}", f"index:  {o['index']}"] + head)
-    emit(out, a.json, human)
+    emit({'halted_at': out['headline'].get('halted_at'), **out}, a.json, run_text)
     return 0
+
+def run_text(
+    o:dict, # `tbot.reports.report_summary` of the main report
+)->str:     # what `tbot run` prints: a halt first, then the title, the summary, the headline figures and where the report is
+    "The main job's summary in words, the portfolio stop's halt (if it fired) before anything else."
+    head = [SYNTHETIC_BANNER] if o['synthetic'] else []
+    summary = o['summary'].replace('**', '')
+    halt = o['headline'].get('halted_at')
+    lead = [] if not halt else [o['summary'].split('**')[1] if o['summary'].startswith('**HALTED') else  # the report's own halt sentence
+                                f"HALTED: the portfolio stop fired at {halt}; the agent held only cash from then on."]
+    rows = [{'metric': k, 'value': v} for k, v in o['headline'].items()]
+    return '\n'.join(lead + head + [o['title'], '', summary, '', table(rows), '', f"report: {o['html']}", f"index:  {o['index']}"] + head)
 
 # %% ../nbs/99_cli.ipynb #bb1e052b
 def _usage()->str:
@@ -122,7 +130,7 @@ def main(argv:list[str]|None=None)->int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', 'help'): print(_usage()); return 0
     if argv[0] == '--version':
-        from tbot import __version__; print(f'tbot {__version__}'); return 0
+        from tbot.config import version_text; print(version_text()); return 0
     cmds = available_commands()
     if argv[0] not in cmds:
         sys.stderr.write(f"tbot: error: unknown command {argv[0]!r} (commands: {', '.join(cmds)})\n"); return 2

@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'TbotError', 'parse_time', 'check_period', 'parse_duration', 'check_number', 'atomic_write',
-           'find_settings_file', 'Settings', 'settings', 'Secret', 'read_dotenv', 'api_credentials']
+__all__ = ['SHIPPED', 'TbotError', 'parse_time', 'check_period', 'parse_duration', 'check_number', 'atomic_write', 'shipped_path',
+           'default_settings_file', 'find_settings_file', 'Settings', 'settings', 'sample_data', 'Secret',
+           'read_dotenv', 'api_credentials', 'config_info', 'version_text', 'cli_config']
 
 # %% ../nbs/00_config.ipynb #2fa8de1c
 class TbotError(Exception):
@@ -76,6 +77,10 @@ def check_number(
     return x
 
 # %% ../nbs/00_config.ipynb #3765a7de
+def _umask()->int:
+    "The process's umask (read by setting and restoring it)."
+    m = os.umask(0o022); os.umask(m); return m
+
 @contextmanager
 def atomic_write(
     path:str|Path, # the file to create or replace
@@ -84,23 +89,33 @@ def atomic_write(
     "Yield a temporary file next to `path`; rename it over `path` only if the block succeeds."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    # the writer's pid in the name lets a later writer tell a dead process's debris from a live write
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush(); os.fchmod(f.fileno(), 0o666 & ~_umask()); os.fsync(f.fileno())  # mkstemp makes 0600; a new file respects the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 # %% ../nbs/00_config.ipynb #0d082d11
-DEFAULTS = {
-    'exchange': {'id': 'binance', 'quote': 'USDT', 'symbols': 'BTC/USDT,ETH/USDT', 'timeframes': '1h,5m',
-                 'since': '2024-01-01', 'timeout': '10', 'retries': '5', 'retry_delay': '1.0'},
-    'paths': {'data_dir': 'data', 'reports_dir': 'reports'},
-    'backtest': {'fees': '0.001', 'slippage': '0.0005', 'fill': 'next_open', 'init_cash': '1000'},
-}
+SHIPPED = {'runs': 'nbs/runs', 'defaults/settings.ini': 'settings.ini'}  # inside the package -> in a checkout (pyproject's package-dir)
+
+def shipped_path(
+    name:str, # a key of `SHIPPED`: 'runs' or 'defaults/settings.ini'
+)->Path:      # `tbot/<name>` in an installed package, else its source in the checkout tbot was imported from
+    "A file or folder that ships inside the tbot package: the run notebooks and the default settings."
+    import tbot
+    pkg = Path(tbot.__file__).resolve().parent
+    return pkg/name if (pkg/name).exists() else pkg.parent/SHIPPED[name]
+
+def default_settings_file()->Path:
+    "tbot's own `settings.ini`: the defaults that every other settings file overrides."
+    p = shipped_path('defaults/settings.ini')
+    if not p.is_file(): raise TbotError(f"tbot's default settings are missing ({p}); reinstall tbot")
+    return p
 
 # %% ../nbs/00_config.ipynb #bfcaa88c
 def find_settings_file(
@@ -115,19 +130,27 @@ def find_settings_file(
     return next((d/'settings.ini' for d in [here, *here.parents] if (d/'settings.ini').is_file()), None)
 
 # %% ../nbs/00_config.ipynb #60cde464
+def _read_ini(path:Path)->configparser.ConfigParser:
+    cp = configparser.ConfigParser(interpolation=None)
+    try: cp.read(path, encoding='utf-8')
+    except configparser.Error as e: raise TbotError(f"{path}: {str(e).splitlines()[0]}") from None
+    return cp
+
 class Settings:
-    "The trading system's runtime settings: defaults, then `settings.ini`, then `TBOT_*` environment variables."
+    "The trading system's runtime settings: tbot's defaults, then your settings file, then `TBOT_*` environment variables."
+    replaced = ('schedule',) # sections that a settings file replaces whole (a list of jobs) rather than key by key
     def __init__(self,
                  path:str|Path|None=None, # a settings file; found with `find_settings_file` when None
                  env:dict|None=None,      # environment to read overrides from; `os.environ` when None
                 ):
         self.path = Path(path) if path else find_settings_file()
+        self.defaults = default_settings_file()
         self.env = os.environ if env is None else env
-        self.cp = configparser.ConfigParser(interpolation=None)
-        self.cp.read_dict(DEFAULTS)
-        if self.path:
-            try: self.cp.read(self.path, encoding='utf-8')
-            except configparser.Error as e: raise TbotError(f"{self.path}: {str(e).splitlines()[0]}") from None
+        self.cp = _read_ini(self.defaults)
+        if self.path and self.path.resolve() != self.defaults.resolve():
+            own = _read_ini(self.path)
+            for sec in set(own.sections()) & set(self.replaced): self.cp.remove_section(sec)
+            self.cp.read_dict(own)
         self.root = self.path.parent.resolve() if self.path else Path.cwd()
 
     def get(self, section:str, key:str, default=None)->str|None:
@@ -169,12 +192,33 @@ class Settings:
         "The reports store: `TBOT_REPORTS_DIR`, else `[paths] reports_dir`."
         return self._dir('reports_dir', 'TBOT_REPORTS_DIR')
 
-    def __repr__(self): return f"Settings({self.path or 'built-in defaults'})"
+    def __repr__(self): return f"Settings({self.path or 'tbot defaults only'})"
 
 # %% ../nbs/00_config.ipynb #3e05ab01
 def settings()->Settings:
     "The settings in force now (re-read on every call, so environment changes take effect)."
     return Settings()
+
+# %% ../nbs/00_config.ipynb #970fa49d
+_CANDLE_EXT = ('feather', 'parquet', 'json', 'json.gz')
+
+def sample_data(
+    name:str='', # a candle file's freqtrade name, with or without extension ('BTC_USDT-1h', 'BTC_USDT-1m.json'); '' for the folder
+)->Path:         # the file (read it with `tbot.data.read_candle_file`), or the folder
+    "Real Binance candles for the lessons: `$TBOT_SAMPLE_DATA`, else `shared/data/binance` above the working folder, else the store."
+    here = Path.cwd().resolve()
+    shared = [d/'shared'/'data'/'binance' for d in [here, *here.parents]]
+    store = settings().data_dir/'binance'
+    folders = [Path(p) for p in [os.environ.get('TBOT_SAMPLE_DATA')] if p] + [f for f in shared if f.is_dir()][:1] + [store]
+    stem = re.sub(r'\.(feather|parquet|json|json\.gz)$', '', name)
+    for f in folders:
+        if not name:
+            if f.is_dir() and any(f.glob(f'*-*.*')): return f
+            continue
+        for p in [f/name, *(f/f'{stem}.{ext}' for ext in _CANDLE_EXT)]:
+            if p.is_file(): return p
+    raise TbotError(f"no sample candles{' ' + name if name else ''}: no shared/data/binance above {here} and none in the store "
+                    f"{store}; import a freqtrade data folder with `tbot data import <folder>` (e.g. user_data/data/binance)")
 
 # %% ../nbs/00_config.ipynb #60a28eda
 class Secret:
@@ -216,3 +260,34 @@ def api_credentials(
         v = s.env.get(pre+name) or dotenv.get(pre+name)
         if v: out[ccxt_key] = Secret(v)
     return out
+
+# %% ../nbs/00_config.ipynb #f05e6735
+def config_info()->dict:
+    "The version, the settings files in force and where tbot keeps its state."
+    from tbot import __version__
+    from tbot.reports import runs_dir
+    s = settings()
+    return {'version': __version__, 'settings': str(s.path) if s.path else None, 'defaults': str(s.defaults),
+            'root': str(s.root), 'data_dir': str(s.data_dir), 'ledger': str(s.data_dir/'ledger.sqlite'),
+            'reports_dir': str(s.reports_dir), 'runs_dir': str(runs_dir()),
+            'overrides': sorted(k for k in s.env if k.startswith('TBOT_') and not k.endswith(('_API_KEY', '_API_SECRET')))}
+
+def version_text()->str:
+    "What `tbot --version` prints: the version and the settings file in use."
+    from tbot import __version__
+    try: s = settings(); where = str(s.path) if s.path else f'none found; tbot defaults ({s.defaults})'
+    except TbotError as e: where = str(e)
+    return f'tbot {__version__}\nsettings: {where}'
+
+def cli_config(argv:list[str], prog:str='tbot config')->int:
+    "The `tbot config` command."
+    from tbot.cli import ArgParser, emit
+    p = ArgParser(prog=prog, description='Which settings file is in force, and where the store, the ledger, the reports and the run notebooks are.')
+    p.add_argument('--json', action='store_true', help='print JSON')
+    a = p.parse_args(argv)
+    def human(o):
+        w = max(map(len, o))
+        val = lambda k, v: (v if v is not None else 'none found: tbot defaults only') if k == 'settings' else (', '.join(v) or '(none)') if k == 'overrides' else v
+        return '\n'.join(f'{k.ljust(w)}  {val(k, v)}' for k, v in o.items())
+    emit(config_info(), a.json, human)
+    return 0

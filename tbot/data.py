@@ -6,18 +6,18 @@ Docs: https://tbot-dev.github.io/tbot/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #70707d27
 from __future__ import annotations
-import gzip, json, math, re, time
+import gzip, json, math, os, re, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 import pyarrow as pa, pyarrow.parquet as pq
-from .config import TbotError, atomic_write, settings
+from .config import TbotError, atomic_write, check_number, parse_time, settings
 
 # %% auto #0
-__all__ = ['OHLCV', 'REGIMES', 'timeframe_delta', 'Series', 'parse_filename', 'validate_candles', 'read_candle_file',
-           'write_series', 'read_series', 'merge_candles', 'stored_series', 'load', 'import_dir', 'quality_report',
-           'resample', 'make_exchange', 'call_with_retries', 'fetch_series', 'fetch', 'synthetic', 'store_synthetic',
-           'cli_data']
+__all__ = ['OHLCV', 'REGIMES', 'timeframe_delta', 'store_root', 'Series', 'parse_filename', 'bad_bars', 'validate_candles',
+           'read_candle_file', 'write_series', 'read_series', 'merge_candles', 'disagreements', 'clean_debris',
+           'stored_series', 'load', 'import_dir', 'quality_report', 'resample', 'make_exchange', 'call_with_retries',
+           'fetch_series', 'fetch', 'synthetic', 'store_synthetic', 'cli_data']
 
 # %% ../nbs/01_data.ipynb #a83720af
 OHLCV = ['open', 'high', 'low', 'close', 'volume']
@@ -36,6 +36,15 @@ def timeframe_delta(
 _SYM_RE = re.compile(r'^([A-Z0-9]+)/([A-Z0-9]+)(?::([A-Z0-9]+))?$')
 _FILE_RE = re.compile(r'^(?P<base>[A-Z0-9]+)_(?P<quote>[A-Z0-9]+)(?:_(?P<settle>[A-Z0-9]+))?-(?P<tf>\d+[smhdwM])'
                       r'(?:-(?P<kind>futures|mark|index|premiumIndex|funding_rate))?\.(?P<fmt>feather|json|json\.gz|parquet)$')
+
+def store_root(
+    data_dir:str|Path|None=None, # the store; settings' data_dir (`TBOT_DATA_DIR`) when None
+)->Path:                         # the store's folder, which may not exist yet
+    "The store's folder; refused when something other than a folder is in its place."
+    root = Path(data_dir or settings().data_dir)
+    if root.exists() and not root.is_dir():
+        raise TbotError(f"the store {root} is a file, not a folder (set TBOT_DATA_DIR or [paths] data_dir to a folder)")
+    return root
 
 @dataclass(frozen=True)
 class Series:
@@ -56,7 +65,7 @@ class Series:
 
     def path(self, data_dir:str|Path|None=None)->Path:
         "Where this series lives in the store."
-        return Path(data_dir or settings().data_dir)/self.exchange/self.filename
+        return store_root(data_dir)/self.exchange/self.filename
 
     @property
     def synthetic(self)->bool: return self.exchange == 'synthetic'
@@ -74,21 +83,48 @@ def parse_filename(
     sym = f"{m['base']}/{m['quote']}" + (f":{settle}" if settle else '')
     return sym, m['tf'], m['fmt']
 
+# %% ../nbs/01_data.ipynb #1c2256df
+_FAULTS = {'non_finite': 'a missing or infinite value', 'non_positive': 'a zero or negative price, or a negative volume',
+           'ohlc': 'a high and low that do not contain the open and close'}
+
+def bad_bars(
+    df:pd.DataFrame, # candles with open, high, low, close and volume
+)->pd.DataFrame:     # one row per bar; True in the column of each fault it has
+    "Which bars a backtest cannot trust: a non-finite value, a non-positive price or negative volume, high/low not containing open/close."
+    vals = df[OHLCV].to_numpy(dtype='float64', na_value=np.nan)
+    o, h, l, c, v = vals.T
+    with np.errstate(invalid='ignore'):
+        faults = {'non_finite': ~np.isfinite(vals).all(axis=1), 'non_positive': (vals[:, :4] <= 0).any(axis=1) | (v < 0),
+                  'ohlc': (h < np.maximum(o, c)) | (l > np.minimum(o, c))}
+    return pd.DataFrame(faults, index=df.index)
+
 # %% ../nbs/01_data.ipynb #3e64aac8
 def _first(idx)->str: return str(idx[0]) if len(idx) else ''
+
+def _check_times(idx:pd.DatetimeIndex, what:str, future:bool)->pd.DatetimeIndex:
+    "Refuse missing timestamps, ones pandas cannot hold in nanoseconds, and (unless `future`) ones after now; the index in ns."
+    if idx.hasnans: raise TbotError(f"{what}: {int(idx.isna().sum())} candles without a timestamp")
+    if not future:
+        ahead = idx[idx > pd.Timestamp.now(tz='UTC')]
+        if len(ahead): raise TbotError(f"{what}: {len(ahead)} candles open in the future (first {_first(ahead)}); is the file or the clock wrong?")
+    try: return idx.as_unit('ns')
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        out = idx[(idx < pd.Timestamp.min.tz_localize('UTC')) | (idx > pd.Timestamp.max.tz_localize('UTC'))]
+        raise TbotError(f"{what}: {len(out)} timestamps outside 1677-2262, which pandas cannot hold (first {_first(out)})") from None
 
 def validate_candles(
     df:pd.DataFrame, # candles with a DatetimeIndex of open times
     timeframe:str,   # the timeframe the candles claim to have
     what:str='candles', # how to name the source in an error
+    future:bool=False,  # allow open times after now (synthetic markets only)
 )->pd.DataFrame:     # the same candles, columns in order and as float64
-    "Refuse candles a backtest could not trust: wrong columns, non-UTC, unsorted, duplicated or off-grid timestamps."
+    "Refuse candles a backtest could not trust: wrong columns, bad timestamps (non-UTC, unsorted, duplicated, off-grid, future) or bad prices."
     missing = [c for c in OHLCV if c not in df.columns]
     if missing: raise TbotError(f"{what}: missing columns {missing}")
     if not isinstance(df.index, pd.DatetimeIndex): raise TbotError(f"{what}: index is not timestamps")
     if df.index.tz is None or str(df.index.tz) != 'UTC': raise TbotError(f"{what}: timestamps are not UTC ({df.index.tz})")
-    idx = df.index.as_unit('ns')
     if len(df) == 0: raise TbotError(f"{what}: no candles")
+    idx = _check_times(df.index, what, future)
     dup = idx[idx.duplicated()]
     if len(dup): raise TbotError(f"{what}: {len(dup)} duplicated timestamps (first {_first(dup)})")
     back = idx[1:][np.diff(idx.asi8) < 0]
@@ -104,6 +140,13 @@ def validate_candles(
     try: out = df[OHLCV].astype('float64').set_axis(idx)
     except (TypeError, ValueError) as e: raise TbotError(f"{what}: non-numeric prices ({e})") from None
     out.index.name = 'date'
+    faults = bad_bars(out)
+    bad = faults.any(axis=1).to_numpy()
+    if bad.any():
+        i, n = int(np.argmax(bad)), int(bad.sum()); bar = out.iloc[i]
+        why = '; '.join(_FAULTS[k] for k in faults.columns if faults[k].iat[i])
+        raise TbotError(f"{what}: {n} bad bar{'s' if n > 1 else ''}, the first at {out.index[i]}: {why} ("
+                        + ' '.join(f'{k}={bar[k]:g}' for k in OHLCV) + ')')
     return out
 
 # %% ../nbs/01_data.ipynb #b6800ec0
@@ -124,7 +167,8 @@ def read_candle_file(
             if not isinstance(rows, list) or any(not isinstance(r, list) or len(r) < 6 for r in rows):
                 raise ValueError('expected a list of [ms, open, high, low, close, volume]')
             arr = np.array([r[:6] for r in rows], dtype='float64').reshape(-1, 6)
-            df = pd.DataFrame(arr[:, 1:], columns=OHLCV, index=pd.to_datetime(arr[:, 0].astype('int64'), unit='ms', utc=True))
+            with np.errstate(invalid='ignore'): ms = arr[:, 0].astype('int64')  # a null time becomes NaT
+            df = pd.DataFrame(arr[:, 1:], columns=OHLCV, index=pd.DatetimeIndex(ms.astype('datetime64[ms]')).tz_localize('UTC'))
         elif fmt == 'feather':
             df = pd.read_feather(path)
             if 'date' not in df.columns: raise ValueError("no 'date' column")
@@ -147,14 +191,19 @@ def write_series(
     data_dir:str|Path|None=None, # the store; settings' data_dir when None
 )->Path:              # the file written
     "Write candles to the store atomically (temporary file, then rename)."
-    out = validate_candles(df, series.timeframe, what=f'{series.symbol} {series.timeframe}')
+    out = validate_candles(df, series.timeframe, what=f'{series.symbol} {series.timeframe}', future=series.synthetic)
     if 'true_regime' in df.columns: out['true_regime'] = df['true_regime'].astype(str)
     table = pa.Table.from_pandas(out, preserve_index=True)
     meta = {**(table.schema.metadata or {}), _META_KEY: json.dumps({'exchange': series.exchange, 'symbol': series.symbol,
             'timeframe': series.timeframe, 'synthetic': series.synthetic}).encode()}
     table = table.replace_schema_metadata(meta)
     path = series.path(data_dir)
-    with atomic_write(path) as f: pq.write_table(table, f)
+    if path.parent.exists() and not path.parent.is_dir(): raise TbotError(f"cannot write {path}: {path.parent} is a file, not a folder")
+    try:
+        with atomic_write(path) as f: pq.write_table(table, f)
+    except OSError as e:
+        if e.errno is None: raise
+        raise TbotError(f"cannot write {path}: {e.strerror}") from None  # a read-only or full disk, a file where a folder should be
     return path
 
 # %% ../nbs/01_data.ipynb #8e36509c
@@ -181,14 +230,56 @@ def merge_candles(
     both = pd.concat([old[~old.index.isin(new.index)], new])
     return both.sort_index()
 
+def disagreements(
+    old:pd.DataFrame|None, # what the store holds
+    new:pd.DataFrame,      # candles about to be merged in
+)->pd.DatetimeIndex:       # the open times both hold with different OHLCV
+    "Bars that both frames hold but with different prices or volume."
+    if old is None or len(old) == 0: return pd.DatetimeIndex([], tz='UTC')
+    common = old.index.intersection(new.index)
+    a, b = old.loc[common, OHLCV].to_numpy(), new.loc[common, OHLCV].to_numpy()
+    return common[(a != b).any(axis=1)]  # exact: the same exchange bar has the same decimal prices, whichever way it came in
+
+# %% ../nbs/01_data.ipynb #8a79358a
+_TMP_RE = re.compile(r'\.(?P<name>.+\.parquet)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]+\.tmp')
+
+def _alive(pid:int)->bool:
+    "Whether a process with this pid is running (on this machine)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True  # someone else's process
+    return True
+
+def clean_debris(
+    folder:str|Path,         # a store folder, e.g. data/binance
+    legacy_age:float=3600.,  # seconds after which a temporary file without a pid in its name counts as debris
+)->list[Path]:               # the files removed
+    "Remove the temporary files that dead store writers left in `folder`; keep those a live process is writing."
+    folder, gone = Path(folder), []
+    if not folder.is_dir(): return gone
+    for p in sorted(folder.glob('.*.tmp')):
+        m = _TMP_RE.fullmatch(p.name)
+        if not m: continue
+        if m['pid']: dead = not _alive(int(m['pid']))
+        else:
+            try: dead = time.time() - p.stat().st_mtime > legacy_age
+            except FileNotFoundError: continue
+        if dead:
+            p.unlink(missing_ok=True); gone.append(p)
+    return gone
+
+def _clean_store(folder:Path):
+    "Clean `folder` before writing to it, and say so on stderr when there was debris."
+    gone = clean_debris(folder)
+    if gone: print(f"tbot: removed {len(gone)} temporary file{'s' if len(gone) > 1 else ''} left in {folder} by interrupted writes", file=sys.stderr)
+
 # %% ../nbs/01_data.ipynb #2d595d10
 def stored_series(
     data_dir:str|Path|None=None, # the store; settings' data_dir when None
 )->list[tuple[Series, Path]]:    # every series in the store
     "List the series in the store, sorted by exchange, symbol and timeframe."
-    root = Path(data_dir or settings().data_dir)
     out = []
-    for p in sorted(root.glob('*/*.parquet')):
+    for p in sorted(store_root(data_dir).glob('*/*.parquet')):
         parsed = parse_filename(p.name)
         if parsed: out.append((Series(p.parent.name, parsed[0], parsed[1]), p))
     return out
@@ -228,14 +319,15 @@ def import_dir(
     src:str|Path,           # a freqtrade data folder, e.g. user_data/data/binance
     exchange:str|None=None, # ccxt id, when the folder name is not one
     data_dir:str|Path|None=None, # the store
-)->list[dict]:              # one row per file: file, series, rows, and `skipped` with a reason
-    "Import every candle file of a freqtrade data folder into the store."
+)->list[dict]:              # one row per file: file, series, rows in the file, added to the store, stored; or `skipped` with a reason
+    "Merge every candle file of a freqtrade data folder into the store."
     import ccxt
     src = Path(src)
     if not src.is_dir(): raise TbotError(f"{src}: no such folder")
     ex = src.name if src.name in ccxt.exchanges else exchange
     if ex is None: raise TbotError(f"{src.name} is not a ccxt exchange id; pass --exchange")
     if ex not in ccxt.exchanges and ex != 'synthetic': raise TbotError(f"unknown exchange {ex!r}")
+    folder = store_root(data_dir)/ex
     todo, report = [], []
     for f in sorted(src.iterdir()):
         if not f.is_file(): continue
@@ -246,25 +338,36 @@ def import_dir(
     for s, f, _ in todo:
         if s in seen: raise TbotError(f"{f.name} and {seen[s]} are the same series ({s.symbol} {s.timeframe}); keep one")
         seen[s] = f.name
+    plan = []
     for s, f, df in todo:
-        write_series(df, s, data_dir)
-        report.append({'file': f.name, 'exchange': ex, 'symbol': s.symbol, 'timeframe': s.timeframe, 'rows': len(df)})
+        path = s.path(data_dir)
+        old = read_series(path) if path.exists() else None
+        if old is not None and 'true_regime' in old.columns: raise TbotError(f"{f.name}: the store's {s.symbol} {s.timeframe} is a synthetic market; import real candles under a real exchange")
+        clash = disagreements(old, df)
+        if len(clash):
+            t = clash[0]; c = next(c for c in OHLCV if df.at[t, c] != old.at[t, c])
+            raise TbotError(f"{f.name}: {len(clash)} bars disagree with the stored {s.exchange} {s.symbol} {s.timeframe} (first {t}: {c} "
+                            f"{df.at[t, c]:g} in the file, {old.at[t, c]:g} stored); nothing imported")
+        plan.append((s, f, df, old, merge_candles(old, df)))
+    _clean_store(folder)
+    for s, f, df, old, merged in plan:
+        write_series(merged, s, data_dir)
+        report.append({'file': f.name, 'exchange': ex, 'symbol': s.symbol, 'timeframe': s.timeframe, 'rows': len(df),
+                       'added': len(merged) - (0 if old is None else len(old)), 'stored': len(merged)})
     return report
 
 # %% ../nbs/01_data.ipynb #31b6f810
 def quality_report(
     df:pd.DataFrame, # candles, as stored or as read from any file
     timeframe:str,   # their timeframe
-)->dict:             # rows, first, last, missing_bars, gap_count, largest_gap, duplicates, ohlc_violations, zero_volume, ...
-    "Count gaps, duplicates, OHLC violations and zero-volume bars, changing nothing."
+)->dict:             # rows, first, last, missing_bars, gap_count, largest_gap, duplicates, ohlc_violations, non_finite, non_positive, zero_volume, ...
+    "Count gaps, duplicates, bad bars (any of `bad_bars`, as `ohlc_violations`) and zero-volume bars, changing nothing."
     idx = df.index.as_unit('ns')
     step = timeframe_delta(timeframe).value
     steps = np.diff(idx.asi8)
     gaps = np.flatnonzero(steps > step)
     missing = (steps[gaps] // step - 1) if len(gaps) else np.array([], dtype='int64')
-    o, h, l, c, v = (df[k].to_numpy() for k in OHLCV)
-    with np.errstate(invalid='ignore'):
-        bad = (h < np.maximum(o, c)) | (l > np.minimum(o, c)) | np.isnan(df[OHLCV].to_numpy()).any(axis=1) | (df[OHLCV].to_numpy() < 0).any(axis=1)
+    faults = bad_bars(df)
     largest = None
     if len(gaps):
         i = int(np.argmax(missing))
@@ -273,7 +376,8 @@ def quality_report(
         'rows': int(len(df)), 'first': str(idx[0]) if len(df) else None, 'last': str(idx[-1]) if len(df) else None,
         'missing_bars': int(missing.sum()), 'gap_count': int(len(gaps)), 'largest_gap': largest,
         'duplicates': int(idx.duplicated().sum()), 'out_of_order': int((steps < 0).sum()),
-        'ohlc_violations': int(bad.sum()), 'zero_volume': int((v == 0).sum()),
+        'ohlc_violations': int(faults.any(axis=1).sum()), 'non_finite': int(faults.non_finite.sum()), 'non_positive': int(faults.non_positive.sum()),
+        'zero_volume': int((df['volume'] == 0).sum()),
         'synthetic': bool(df.attrs.get('synthetic', False)),
     }
 
@@ -417,16 +521,20 @@ def fetch(
     s = settings()
     symbols = symbols or s.getlist('exchange', 'symbols')
     timeframes = timeframes or s.getlist('exchange', 'timeframes')
-    for tf in timeframes: timeframe_delta(tf)
-    ex = client or make_exchange(exchange or s.get('exchange', 'id'))
+    since = parse_time(since, '--since') if since is not None else parse_time(s.get('exchange', 'since'), 'settings [exchange] since')
+    if since > pd.Timestamp.now(tz='UTC'): raise TbotError(f"--since {since:%Y-%m-%d %H:%M} is in the future")
+    ex_id = client.id if client is not None else exchange or s.get('exchange', 'id')
+    todo = [Series(ex_id, sym, tf) for sym in symbols for tf in timeframes]  # bad symbols and timeframes fail before any request
+    folder = store_root(data_dir)/ex_id
+    ex = client or make_exchange(ex_id)
     retry = {'retries': s.getint('exchange', 'retries'), 'delay': s.getfloat('exchange', 'retry_delay'), **{k: kw.pop(k) for k in ('retries', 'delay', 'sleep') if k in kw}}
     call_with_retries(ex.load_markets, what=f'{ex.id} markets', retry_network=False, **retry)
     for sym in symbols:
         if sym not in ex.markets: raise TbotError(f"{ex.id} has no symbol {sym!r}")
     for tf in timeframes:
         if ex.timeframes and tf not in ex.timeframes: raise TbotError(f"{ex.id} has no timeframe {tf!r} (it has {', '.join(ex.timeframes)})")
-    return [fetch_series(ex, Series(ex.id, sym, tf), since, data_dir, progress=progress, **kw, **retry)
-            for sym in symbols for tf in timeframes]
+    _clean_store(folder)
+    return [fetch_series(ex, series, since, data_dir, progress=progress, **kw, **retry) for series in todo]
 
 # %% ../nbs/01_data.ipynb #7153328a
 REGIMES = ['bull', 'bear', 'sideways', 'volatile']
@@ -442,6 +550,9 @@ def synthetic(
     price:float=20_000.,   # starting price
 )->pd.DataFrame:           # OHLCV plus `true_regime`; attrs['synthetic'] is True
     "A regime-switching OHLCV market with the true regime of every bar."
+    delta, t0 = timeframe_delta(timeframe), parse_time(start, 'start')
+    if n < 1: raise TbotError(f"{n} bars: a market needs at least one")
+    if t0.value + (n - 1) * delta.value > pd.Timestamp.max.value: raise TbotError(f"{n} bars of {timeframe} from {start} run past 2262, the last year pandas can hold")
     rng = np.random.default_rng(seed)
     scale = math.sqrt(timeframe_delta(timeframe) / pd.Timedelta('1h'))
     labels = np.empty(n, dtype=object); i, prev = 0, None
@@ -480,8 +591,11 @@ def store_synthetic(
     symbol:str='SYN/USDT', timeframe:str='1h', n:int=20_000, seed:int=0, data_dir=None,
 )->Path:
     "Write a synthetic market to the store under the exchange name `synthetic`."
+    series = Series('synthetic', symbol, timeframe)
+    folder = store_root(data_dir)/series.exchange
     df = synthetic(n, timeframe, seed=seed)
-    return write_series(df, Series('synthetic', symbol, timeframe), data_dir)
+    _clean_store(folder)
+    return write_series(df, series, data_dir)
 
 # %% ../nbs/01_data.ipynb #98dd4998
 def cli_data(argv:list[str], prog:str='tbot data')->int:
@@ -508,7 +622,7 @@ def cli_data(argv:list[str], prog:str='tbot data')->int:
     c.add_argument('--json', action='store_true', help='print JSON')
     y = sub.add_parser('synth', help='store a synthetic regime-switching market (exchange "synthetic")')
     y.add_argument('--symbol', default='SYN/USDT'); y.add_argument('--timeframe', default='1h')
-    y.add_argument('--bars', type=int, default=20_000); y.add_argument('--seed', type=int, default=0)
+    y.add_argument('--bars', default='20000', help='number of candles'); y.add_argument('--seed', default='0', help='random seed (0 or more)')
     y.add_argument('--json', action='store_true', help='print JSON')
     a = p.parse_args(argv)
     if a.cmd == 'fetch':
@@ -524,7 +638,9 @@ def cli_data(argv:list[str], prog:str='tbot data')->int:
         q = {'exchange': a.exchange, 'symbol': a.symbol, 'timeframe': a.timeframe, **quality_report(df, a.timeframe)}
         emit(q, a.json, lambda r: table([{'key': k, 'value': v} for k, v in r.items()]))
     elif a.cmd == 'synth':
-        path = store_synthetic(a.symbol, a.timeframe, a.bars, a.seed)
-        emit({'path': str(path), 'symbol': a.symbol, 'timeframe': a.timeframe, 'rows': a.bars, 'synthetic': True}, a.json,
+        bars = check_number(a.bars, '--bars', lo=1, hi=10_000_000, integer=True)
+        seed = check_number(a.seed, '--seed', lo=0, hi=2**32 - 1, integer=True)
+        path = store_synthetic(a.symbol, a.timeframe, bars, seed)
+        emit({'path': str(path), 'symbol': a.symbol, 'timeframe': a.timeframe, 'rows': bars, 'synthetic': True}, a.json,
              lambda r: f"SYNTHETIC market (not real data): {r['rows']} {r['timeframe']} bars written to {r['path']}")
     return 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib, json, math, sqlite3
 from pathlib import Path
 import numpy as np, pandas as pd
-from .config import TbotError, settings
+from .config import TbotError, parse_time, settings
 from .data import REGIMES
 
 # %% auto #0
-__all__ = ['MIGRATIONS', 'SCHEMA_VERSION', 'METRICS', 'TRADE_COLUMNS', 'ledger_path', 'connect', 'migrate', 'performance_records',
-           'aggregate', 'data_hash', 'Ledger', 'cli_ledger']
+__all__ = ['MIGRATIONS', 'KINDS', 'SCHEMA_VERSION', 'METRICS', 'EVIDENCE', 'TRADE_COLUMNS', 'RUN_IDENTITY', 'ledger_path',
+           'connect', 'migrate', 'performance_records', 'distinct_evidence', 'aggregate', 'data_hash', 'Ledger',
+           'cli_ledger']
 
 # %% ../nbs/08_ledger.ipynb #8847c1c9
 MIGRATIONS = [  # append only: each entry is one schema version, a list of statements
@@ -55,7 +56,24 @@ MIGRATIONS = [  # append only: each entry is one schema version, a list of state
      "CREATE INDEX performance_by_strategy ON performance(strategy, regime)",
      "CREATE INDEX trades_by_run ON trades(run_id)",
      "CREATE INDEX decisions_by_run ON decisions(run_id, time)"],
+    # 3: the agent's walk-forward is a kind of its own. SQLite cannot change a CHECK in place: the table is rebuilt, rows kept
+    # (`migrate` turns foreign keys off around it, so dropping the old table cascades nothing)
+    ["""CREATE TABLE runs_new (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('backtest', 'sweep', 'walkforward', 'agent', 'agent_walkforward', 'paper', 'live')),
+        name TEXT NOT NULL DEFAULT '',
+        created TEXT NOT NULL,
+        version TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        data_hashes TEXT NOT NULL DEFAULT '{}',
+        assumptions TEXT NOT NULL DEFAULT '{}',
+        sample TEXT CHECK (sample IN ('in-sample', 'out-of-sample', 'paper', 'live')),
+        synthetic INTEGER NOT NULL DEFAULT 0)""",
+     "INSERT INTO runs_new SELECT id, kind, name, created, version, params, data_hashes, assumptions, sample, synthetic FROM runs",
+     "DROP TABLE runs",
+     "ALTER TABLE runs_new RENAME TO runs"],
 ]
+KINDS = ['backtest', 'sweep', 'walkforward', 'agent', 'agent_walkforward', 'paper', 'live']  # what the newest schema accepts
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # %% ../nbs/08_ledger.ipynb #264ad701
@@ -74,10 +92,12 @@ def connect(
     path:str|Path|None=None, # the SQLite file; `ledger_path()` when None
     timeout:float=30.0,      # seconds to wait for another process's write lock
     upto:int|None=None,      # apply migrations up to this version only (tests)
+    create:bool=True,        # create the file when it does not exist (False: refuse, naming it; for readers)
 )->sqlite3.Connection:       # in autocommit mode; writes use explicit transactions
     "Open (or create) a ledger in WAL mode with a busy timeout and foreign keys, and bring its schema up to date."
     path = Path(path or ledger_path())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not create and not path.is_file(): raise TbotError(f"no ledger at {path}: nothing has been recorded there (a run writes it, e.g. `tbot agent backtest`)")
+    if create: path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         con.execute(f'PRAGMA busy_timeout = {int(timeout * 1000)}')
@@ -94,6 +114,8 @@ def migrate(
 )->int:                     # the version now
     "Apply the missing migrations, in order, in one transaction."
     upto = SCHEMA_VERSION if upto is None else upto
+    fks = con.execute('PRAGMA foreign_keys').fetchone()[0]
+    con.execute('PRAGMA foreign_keys = OFF')   # a rebuilt table must not cascade its old rows away (the pragma is ignored inside a transaction)
     con.execute('BEGIN IMMEDIATE')   # one process migrates; the others wait, then find nothing to do
     try:
         con.execute('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)')
@@ -103,10 +125,12 @@ def migrate(
         for v in range(have + 1, upto + 1):
             for stmt in MIGRATIONS[v - 1]: con.execute(stmt)
             con.execute('INSERT INTO schema_version VALUES (?, ?)', (v, _ts(pd.Timestamp.now(tz='UTC'))))
+        if con.execute('PRAGMA foreign_key_check').fetchone(): raise TbotError("a migration broke a reference between tables; nothing was changed")
         con.execute('COMMIT')
         return max(have, upto)
     except BaseException:
         con.execute('ROLLBACK'); raise
+    finally: con.execute(f'PRAGMA foreign_keys = {int(fks)}')
 
 # %% ../nbs/08_ledger.ipynb #a2cce88d
 def _stats(r:np.ndarray)->tuple:
@@ -190,14 +214,22 @@ def performance_records(
 # %% ../nbs/08_ledger.ipynb #ca9386e7
 _SUMS = ['n_trades', 'n_wins', 'gross_profit', 'gross_loss', 'n_bars', 'ret_sum', 'ret_sq_sum', 'log_return']
 METRICS = ['sharpe', 'win_rate', 'profit_factor', 'max_drawdown', 'total_return', 'n_trades']
+EVIDENCE = ['strategy', 'params', 'symbol', 'timeframe', 'regime', 'period_start', 'period_end', *_SUMS, 'bars_per_year', 'max_drawdown']  # not the run's label
+
+def distinct_evidence(
+    records:pd.DataFrame, # performance records
+)->pd.DataFrame:          # each piece of evidence once (the last copy kept)
+    "Drop records that repeat another in every `EVIDENCE` column: the same measurement, however many runs wrote it."
+    return records.drop_duplicates([c for c in EVIDENCE if c in records.columns], keep='last')
 
 def aggregate(
     records:pd.DataFrame,      # performance records (from `performance_records` or `Ledger.performance`)
     by:list|tuple=('strategy', 'regime'), # what to pool over the rest
-    as_of=None,                # count only records whose period ended before this moment (UTC)
+    as_of=None,                # count only records whose period ended before this moment (UTC; a naive time is UTC)
 )->pd.DataFrame:               # one row per group: the pooled sufficient statistics and metrics
-    "Pool performance records per group, past-only when `as_of` is given."
-    if as_of is not None: records = records[pd.to_datetime(records.period_end, utc=True) < pd.Timestamp(as_of)]
+    "Pool performance records per group, each piece of evidence once, past-only when `as_of` is given."
+    if as_of is not None: records = records[pd.to_datetime(records.period_end, utc=True) < parse_time(as_of, 'as_of')]
+    records = distinct_evidence(records)
     if records.empty: return pd.DataFrame(columns=[*by, *_SUMS, 'bars_per_year', 'max_drawdown', 'records', 'period_start', 'period_end', *METRICS[:-2]])
     g = records.assign(years=records.n_bars / records.bars_per_year).groupby(list(by), observed=True, sort=True)
     out = g[_SUMS].sum()
@@ -238,14 +270,21 @@ def _trade_rows(trades:pd.DataFrame)->list[tuple]:
 def _json(x)->str: return json.dumps(x if x is not None else {}, sort_keys=True, default=str)
 
 # %% ../nbs/08_ledger.ipynb #fa7a6246
+RUN_IDENTITY = ['kind', 'params', 'data_hashes', 'assumptions', 'sample', 'synthetic']  # runs equal in these are one run repeated
+
+def _check_kind(kind:str, then:str=''):
+    "Refuse an unknown run kind in one line that lists the kinds."
+    if kind not in KINDS: raise TbotError(f"unknown run kind {kind!r} (kinds: {', '.join(KINDS)})" + (f'; {then}' if then else ''))
+
 class Ledger:
     "The performance ledger: `write_run`, then `runs`, `trades`, `equity`, `decisions`, `performance`, `scores`, `regime_matrix`."
     def __init__(self,
                  path:str|Path|None=None, # the SQLite file; `ledger_path()` when None
                  timeout:float=30.0,      # seconds to wait for another writer
+                 create:bool=True,        # create the file if there is none (False: refuse, naming it)
                 ):
         self.path = Path(path or ledger_path())
-        self.con = connect(self.path, timeout)
+        self.con = connect(self.path, timeout, create=create)
 
     def close(self): self.con.close()
     def __enter__(self): return self
@@ -253,7 +292,7 @@ class Ledger:
     def __repr__(self): return f"Ledger({self.path})"
 
     def write_run(self,
-                  kind:str,                     # backtest, sweep, walkforward, agent, paper or live
+                  kind:str,                     # one of `KINDS`: backtest, sweep, walkforward, agent, agent_walkforward, paper, live
                   params:dict|None=None,        # the run's parameters (JSON-serialisable)
                   *,
                   trades:pd.DataFrame|None=None,    # one row per trade (see `TRADE_COLUMNS`)
@@ -268,6 +307,7 @@ class Ledger:
                  )->int:                        # the run's id
         "Write a run with its trades, equity, decisions and performance records, all or nothing."
         from tbot import __version__
+        _check_kind(kind, 'the run was refused: nothing was written')
         hashes = {k: data_hash(v) for k, v in (data or {}).items()}
         trade_rows = _trade_rows(trades) if trades is not None and len(trades) else []
         eq_rows = []
@@ -319,9 +359,12 @@ class Ledger:
         return df
 
     def runs(self, kind:str|None=None)->pd.DataFrame:
-        "The runs, newest last; JSON columns decoded."
-        df = self._frame('SELECT * FROM runs' + (' WHERE kind = ?' if kind else '') + ' ORDER BY id', (kind,) if kind else (), ['created'])
+        "The runs, newest last; JSON columns decoded; `repeated_by`: the newer run that repeats this one (same `RUN_IDENTITY`), if any."
+        if kind is not None: _check_kind(kind)
+        df = self._frame(f'SELECT *, NULLIF(MAX(id) OVER (PARTITION BY {", ".join(RUN_IDENTITY)}), id) AS repeated_by FROM runs'
+                         + (' WHERE kind = ?' if kind else '') + ' ORDER BY id', (kind,) if kind else (), ['created'])
         for c in ('params', 'data_hashes', 'assumptions'): df[c] = df[c].map(json.loads)
+        df['repeated_by'] = df.repeated_by.astype('Int64')
         return df
 
     def trades(self, run_id:int|None=None)->pd.DataFrame:
@@ -349,23 +392,27 @@ class Ledger:
                     strategy:str|None=None, regime:str|None=None, symbol:str|None=None, timeframe:str|None=None,
                     sample:str|None=None,   # 'in-sample' / 'out-of-sample'
                     kind:str|None=None,     # the kind of run that wrote them
-                    run_ids:list|None=None, # only these runs
-                   )->pd.DataFrame:         # performance records
-        "Performance records, past-only when `as_of` is given."
+                    run_ids:list|None=None, # only these runs, their records as written (repeats included)
+                    repeats:bool=False,     # also the records of runs a newer run repeats, and records that repeat another
+                   )->pd.DataFrame:         # performance records, each piece of evidence once
+        "Performance records, each piece of evidence once, past-only when `as_of` is given (a naive time is UTC)."
         w, a = [], []
-        if as_of is not None: w.append('p.period_end < ?'); a.append(_ts(pd.Timestamp(as_of)))
+        if kind is not None: _check_kind(kind)
+        if as_of is not None: w.append('p.period_end < ?'); a.append(_ts(parse_time(as_of, 'as_of')))
         for col, v in [('strategy', strategy), ('regime', regime), ('symbol', symbol), ('timeframe', timeframe), ('sample', sample)]:
             if v is not None: w.append(f'p.{col} = ?'); a.append(v)
         if kind is not None: w.append('r.kind = ?'); a.append(kind)
         if run_ids is not None: w.append(f"p.run_id IN ({', '.join('?' * len(run_ids))})"); a += [int(i) for i in run_ids]
+        once = not repeats and run_ids is None
+        if once: w.append(f'p.run_id IN (SELECT MAX(id) FROM runs GROUP BY {", ".join(RUN_IDENTITY)})')  # a repeated run: its newest copy
         where = (' WHERE ' + ' AND '.join(w)) if w else ''
         df = self._frame(f'SELECT p.* FROM performance p JOIN runs r ON r.id = p.run_id{where} ORDER BY p.period_end, p.id', a,
                          ['period_start', 'period_end'])
         df['profit_factor'] = df.profit_factor.where(df.profit_factor.notna() | (df.gross_profit <= 0), np.inf)
-        return df
+        return distinct_evidence(df).reset_index(drop=True) if once else df
 
     def scores(self, as_of=None, by=('strategy', 'regime'), **filters)->pd.DataFrame:
-        "Pooled performance per strategy and regime (or `by`), from records that ended before `as_of`."
+        "Pooled performance per strategy and regime (or `by`), each piece of evidence once, from records that ended before `as_of`."
         return aggregate(self.performance(as_of, **filters), by)
 
     def regime_matrix(self,
@@ -392,18 +439,27 @@ def _matrix_report(led:Ledger, metric:str, as_of, filters:dict)->dict:
     regimes = [x for x in REGIMES if any(x in v for v in rows.values())] + sorted({k for v in rows.values() for k in v} - set(REGIMES) - {'strategy'})
     runs = led.runs()
     return {'ledger': str(led.path), 'metric': metric, 'as_of': None if as_of is None else str(as_of), 'filters': filters,
-            'regimes': regimes, 'rows': list(rows.values()), 'runs': len(runs),
+            'regimes': regimes, 'rows': list(rows.values()), 'runs': int(runs.repeated_by.isna().sum()), 'repeats': int(runs.repeated_by.notna().sum()),
             'samples': sorted(runs['sample'].dropna().unique().tolist()),
             'note': "figures as measured by each run (see `tbot ledger runs` for its fees, slippage, fill rule and sample)"}
 
 def _matrix_text(o:dict)->str:
     from tbot.cli import table
     if not o['rows']: return f"the ledger {o['ledger']} holds no performance records{' before ' + o['as_of'] if o['as_of'] else ''} yet"
+    reps = f" (and {o['repeats']} repeated runs, counted once)" if o.get('repeats') else ''
     fmt = lambda c: '' if c is None else ('n/a' if c[o['metric']] is None else f"{c[o['metric']]:.3g}") + f" ({c['n_trades']})"
     rows = [{'strategy': r['strategy'], **{g: fmt(r.get(g)) for g in o['regimes']}} for r in o['rows']]
-    head = (f"Performance by regime: {o['metric']} (trades in brackets); {o['runs']} runs, samples: {', '.join(o['samples']) or 'n/a'}"
+    head = (f"Performance by regime: {o['metric']} (trades in brackets); {o['runs']} runs{reps}, samples: {', '.join(o['samples']) or 'n/a'}"
             + (f"; as of {o['as_of']}" if o['as_of'] else ''))
     return '\n'.join([head, table(rows), o['note']])
+
+def _market(run:dict)->tuple[str, str]:
+    "The symbols and timeframe(s) a run traded, from its parameters, else from the names of the data it saw."
+    p, seen = run['params'], [k.split() for k in run['data_hashes']]
+    syms = p.get('symbols') or ([p['symbol']] if p.get('symbol') else list(dict.fromkeys(k[0] for k in seen if k)))
+    tf = p.get('bot_timeframes') or p.get('timeframe') or ', '.join(dict.fromkeys(k[1] for k in seen if len(k) > 1))
+    if isinstance(tf, dict): tf = ', '.join(f'{b} {t}' for b, t in tf.items())
+    return ','.join(syms) if isinstance(syms, list) else str(syms), tf or ''
 
 def cli_ledger(argv:list[str], prog:str='tbot ledger')->int:
     "The `tbot ledger` command."
@@ -415,30 +471,30 @@ def cli_ledger(argv:list[str], prog:str='tbot ledger')->int:
     m.add_argument('--as-of', help='only what was known then: records whose period ended before this UTC time')
     for f in ('symbol', 'timeframe', 'sample', 'kind'): m.add_argument(f'--{f}', help=f'only records with this {f}')
     r = sub.add_parser('runs', help='the runs, with their assumptions')
-    r.add_argument('--kind', help='only runs of this kind')
+    r.add_argument('--kind', help=f"only runs of this kind ({', '.join(KINDS)})")
     for q in (m, r):
         q.add_argument('--ledger', help='the SQLite file (default: <data_dir>/ledger.sqlite)')
         q.add_argument('--json', action='store_true', help='print JSON')
     if not argv or (argv[0].startswith('-') and argv[0] not in ('-h', '--help')): argv = ['matrix', *argv]
     a = p.parse_args(argv)
     path = Path(a.ledger) if a.ledger else ledger_path()
+    if a.kind: _check_kind(a.kind)
+    if a.ledger and not path.is_file(): raise TbotError(f"--ledger {a.ledger}: no such file (a run writes the ledger; reading never creates one)")
     if a.cmd == 'matrix':
-        as_of = None
-        if a.as_of:
-            try: as_of = pd.Timestamp(a.as_of)
-            except ValueError: raise TbotError(f"--as-of {a.as_of!r} is not a date") from None
-            as_of = as_of.tz_localize('UTC') if as_of.tzinfo is None else as_of.tz_convert('UTC')
+        as_of = parse_time(a.as_of, '--as-of') if a.as_of else None
         filters = {f: getattr(a, f) for f in ('symbol', 'timeframe', 'sample', 'kind') if getattr(a, f)}
-        if not path.exists():
+        if not path.exists():  # the default place, before any run: say so, create nothing
             out = {'ledger': str(path), 'metric': a.metric, 'as_of': None if as_of is None else str(as_of), 'filters': filters,
-                   'regimes': [], 'rows': [], 'runs': 0, 'samples': [], 'note': 'no ledger yet'}
+                   'regimes': [], 'rows': [], 'runs': 0, 'repeats': 0, 'samples': [], 'note': f'there is no ledger at {path} yet'}
         else:
-            with Ledger(path) as led: out = _matrix_report(led, a.metric, as_of, filters)
+            with Ledger(path, create=False) as led: out = _matrix_report(led, a.metric, as_of, filters)
         emit(out, a.json, _matrix_text)
     else:
         rows = []
         if path.exists():
-            with Ledger(path) as led: rows = led.runs(a.kind).to_dict('records')
-        cols = ['id', 'kind', 'name', 'created', 'sample', 'synthetic', 'version', 'assumptions']
-        emit(rows, a.json, lambda rs: table(rs, cols) if rs else f'the ledger {path} holds no runs yet')
+            with Ledger(path, create=False) as led: rows = led.runs(a.kind).to_dict('records')
+        for r in rows: r['symbols'], r['timeframe'] = _market(r); r['repeated_by'] = None if pd.isna(r['repeated_by']) else int(r['repeated_by'])
+        cols = ['id', 'kind', 'name', 'created', 'symbols', 'timeframe', 'sample', 'synthetic', 'repeated_by', 'assumptions']
+        none = f"the ledger {path} holds no {a.kind + ' ' if a.kind else ''}runs yet" if path.exists() else f"there is no ledger at {path} yet: it holds no runs"
+        emit(rows, a.json, lambda rs: table(rs, cols) if rs else none)
     return 0

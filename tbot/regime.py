@@ -6,10 +6,11 @@ Docs: https://tbot-dev.github.io/tbot/regime.html.md"""
 
 # %% ../nbs/03_regime.ipynb #935e2545
 from __future__ import annotations
-import warnings
+import os, warnings
+from pathlib import Path
 import numpy as np, pandas as pd
 from numba import njit
-from .config import TbotError, atomic_write, settings
+from .config import TbotError, atomic_write, check_number, settings
 from . import indicators as ind
 from .data import synthetic
 
@@ -329,7 +330,7 @@ def score(pred:pd.Series, true:pd.Series)->dict:
             'switches': len(lags), 'flips_per_1000': 1000 * flips / max(len(lab), 1), 'confusion': cm}
 
 def evaluate_synthetic(
-    seeds=range(100, 108), # synthetic markets to score (the rules were tuned on seeds 0-3 only)
+    seeds=range(100, 108), # synthetic markets to score (the rules were tuned on seeds 0-23 only)
     bars:int=20_000,       # bars per market
     detector:str|None=None, # as in `detect`
     **params,
@@ -425,11 +426,27 @@ def current_regime(df:pd.DataFrame, detector:str|None=None, **params)->dict:
     else: out |= {k: float(d[k].iloc[-1]) for k in ('trend', 'vol', 'activity')}
     return out, reg
 
+_MAX_SEEDS = 1000
+
 def _seeds(text:str)->list[int]:
+    "Seeds from '100-107' or '1,2,3': whole numbers (so 0 or more), first before last, at most `_MAX_SEEDS`."
     try:
-        if '-' in text: a, b = text.split('-'); return list(range(int(a), int(b) + 1))
-        return [int(s) for s in text.split(',')]
+        if '-' in text:
+            a, b = (int(x) for x in text.split('-'))
+            if a > b: raise TbotError(f"bad --seeds {text!r}: {a} is after {b} (e.g. 100-107)")
+            seeds = range(a, b + 1)
+        else: seeds = [int(s) for s in text.split(',')]
     except ValueError: raise TbotError(f"bad --seeds {text!r} (e.g. 100-107 or 1,2,3)") from None
+    if len(seeds) > _MAX_SEEDS: raise TbotError(f"bad --seeds {text!r}: {len(seeds)} markets, at most {_MAX_SEEDS}")
+    return list(seeds)
+
+def _out_file(out:str)->Path:
+    "Where `--out` goes: a file name in a folder that exists and that we may write to."
+    path = Path(out)
+    if path.is_dir(): raise TbotError(f"--out {out} is a folder; give a file name, e.g. regimes.csv")
+    if not path.parent.is_dir(): raise TbotError(f"--out {out}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK): raise TbotError(f"--out {out}: cannot write in {path.parent}")
+    return path
 
 def cli_regime(argv:list[str], prog:str='tbot regime')->int:
     "The `tbot regime` command."
@@ -437,15 +454,15 @@ def cli_regime(argv:list[str], prog:str='tbot regime')->int:
     from tbot import data
     if argv[:1] == ['evaluate']:
         p = ArgParser(prog=f'{prog} evaluate', description='Score the detector on synthetic markets (and, with --real, on stored BTC/ETH 1h).')
-        p.add_argument('--seeds', default='100-107', help='synthetic seeds, e.g. 100-107 or 1,2,3 (the rules were tuned on 0-3)')
-        p.add_argument('--bars', type=int, default=20_000, help='bars per synthetic market')
+        p.add_argument('--seeds', default='100-107', help='synthetic seeds, e.g. 100-107 or 1,2,3 (the rules were tuned on 0-23)')
+        p.add_argument('--bars', default='20000', help='bars per synthetic market (3000 to 1000000)')
         p.add_argument('--detector', choices=list(DETECTORS), help='default: settings.ini [regime] detector')
         p.add_argument('--real', action='store_true', help='also the forward statistics on stored BTC/USDT and ETH/USDT 1h')
         p.add_argument('--exchange', default=settings().get('exchange', 'id', 'binance'), help='ccxt id of the stored real series')
         p.add_argument('--json', action='store_true', help='print JSON')
         a = p.parse_args(argv[1:])
-        if a.bars < 3000: raise TbotError(f"--bars {a.bars} is too few for a useful score (at least 3000)")
-        ev = evaluate_synthetic(_seeds(a.seeds), a.bars, a.detector)
+        bars, seeds = check_number(a.bars, '--bars', lo=3000, hi=1_000_000, integer=True), _seeds(a.seeds)  # fewer than 3000 bars give no useful score
+        ev = evaluate_synthetic(seeds, bars, a.detector)
         out = {'synthetic': {k: v for k, v in ev.items() if k != 'confusion'} | {'confusion': ev['confusion'].round(4).to_dict(orient='index')}}
         if a.real:
             frames = {s: data.load(s, '1h', a.exchange) for s in ('BTC/USDT', 'ETH/USDT')}
@@ -472,13 +489,16 @@ def cli_regime(argv:list[str], prog:str='tbot regime')->int:
     p.add_argument('--out', help='write timestamp,regime for every bar to this CSV file')
     p.add_argument('--json', action='store_true', help='print JSON')
     a = p.parse_args(argv)
+    out = _out_file(a.out) if a.out else None
     df = data.load(a.symbol, a.timeframe, a.exchange)
     info, reg = current_regime(df, a.detector)
     info = {'exchange': a.exchange, 'symbol': a.symbol, 'timeframe': a.timeframe, 'synthetic': bool(df.attrs.get('synthetic', False)), **info}
-    if a.out:
-        with atomic_write(a.out, 'w') as f:
-            pd.DataFrame({'timestamp': reg.index.strftime('%Y-%m-%dT%H:%M:%SZ'), 'regime': reg.astype(object).to_numpy()}).to_csv(f, index=False, lineterminator='\n')
-        info['out'] = str(a.out)
+    if out:
+        try:
+            with atomic_write(out, 'w') as f:
+                pd.DataFrame({'timestamp': reg.index.strftime('%Y-%m-%dT%H:%M:%SZ'), 'regime': reg.astype(object).to_numpy()}).to_csv(f, index=False, lineterminator='\n')
+        except OSError as e: raise TbotError(f"--out {out}: {e.strerror or e}") from None
+        info['out'] = str(out)
     def human(o):
         head = '*** SYNTHETIC market ***\n' if o['synthetic'] else ''
         how = f"{o['agreement_24']:.0%} of the last 24 raw readings agree" + (f", filtered probability {o['probability']:.2f}" if 'probability' in o else

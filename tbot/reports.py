@@ -6,30 +6,32 @@ Docs: https://tbot-dev.github.io/tbot/reports.html.md"""
 
 # %% ../nbs/09_reports.ipynb #0e039476
 from __future__ import annotations
-import hashlib, html, itertools, json, math, os, re, shutil, subprocess, sys, time, uuid
+import hashlib, html, itertools, json, math, os, re, shutil, signal, subprocess, sys, threading, time, uuid
 from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np, pandas as pd
-from .config import TbotError, atomic_write, read_dotenv, settings
+from .config import TbotError, atomic_write, check_number, check_period, parse_duration, parse_time, read_dotenv, settings
 
 # %% auto #0
 __all__ = ['STAMP_FORMAT', 'runs_dir', 'run_notebooks', 'find_run_notebook', 'parse_value', 'set_param', 'parse_params',
-           'parse_grid', 'grid_combinations', 'secret_values', 'check_params', 'find_secrets', 'jsonable', 'record',
-           'sha256_file', 'data_file_info', 'load_for_run', 'show', 'default_grid', 'export_html', 'git_commit',
-           'notebook_parameters', 'run_report', 'headline', 'list_runs', 'list_failed', 'html_table', 'build_index',
-           'run_batch', 'ReportFailed', 'default_dataset', 'main_job', 'report_summary', 'cli_report']
+           'parse_grid', 'grid_combinations', 'secret_values', 'secret_fragments', 'secret_in', 'check_params',
+           'find_secrets', 'jsonable', 'record', 'sha256_file', 'data_file_info', 'load_for_run', 'show',
+           'default_grid', 'export_html', 'git_commit', 'notebook_parameters', 'check_run_values', 'running_folder',
+           'clean_debris', 'Terminated', 'on_sigterm', 'withhold', 'run_report', 'headline', 'list_runs', 'list_failed',
+           'html_table', 'build_index', 'run_batch', 'ReportFailed', 'default_dataset', 'main_job', 'report_summary',
+           'cli_report']
 
 # %% ../nbs/09_reports.ipynb #0e9e5ce6
 STAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 _RUN_DIR_RE = re.compile(r'^\d{8}T\d{6}Z-')
 
 def runs_dir()->Path:
-    "Where the run notebooks live: `$TBOT_RUNS_DIR`, else `nbs/runs` beside settings.ini or beside the tbot package."
+    "Where the run notebooks live: `$TBOT_RUNS_DIR`, else `nbs/runs` beside your settings.ini, else the ones shipped in the package."
     if os.environ.get('TBOT_RUNS_DIR'): return Path(os.environ['TBOT_RUNS_DIR'])
-    import tbot
-    for root in (settings().root, Path(tbot.__file__).resolve().parents[1]):
-        if (root/'nbs'/'runs').is_dir(): return root/'nbs'/'runs'
-    raise TbotError("no nbs/runs folder found next to settings.ini or the tbot package; set TBOT_RUNS_DIR")
+    from tbot.config import shipped_path
+    for d in (settings().root/'nbs'/'runs', shipped_path('runs')):
+        if d.is_dir(): return d
+    raise TbotError(f"the run notebooks are missing ({shipped_path('runs')}); reinstall tbot or set TBOT_RUNS_DIR")
 
 def run_notebooks()->list[str]:
     "The names of the run notebooks."
@@ -115,6 +117,24 @@ def secret_values(
     dotenv = read_dotenv(settings().root/'.env')
     return {k: v for src in (dotenv, env) for k, v in src.items() if _SECRET_ENV_RE.match(k) and len(v) >= 4}
 
+_FRAGMENT = 8  # a run may not hold any 8 characters in a row of a credential
+
+def secret_fragments(
+    secret:str, # a credential's value
+)->set[str]:    # every run of `_FRAGMENT` characters of it (the whole value when shorter)
+    "The pieces of a credential that must appear nowhere: a prefix or any part leaks as much as the whole."
+    n = _FRAGMENT
+    return {secret} if len(secret) <= n else {secret[i:i+n] for i in range(len(secret) - n + 1)}
+
+def secret_in(
+    text:str,     # any text a run would take in or give out
+    secrets:dict, # variable name -> value
+)->str|None:      # the name of the first credential `text` holds 8 or more characters of, else None
+    "Which credential, if any, `text` holds part of."
+    for name, s in secrets.items():
+        if any(f in text for f in secret_fragments(s)): return name
+    return None
+
 def _walk(params, prefix=''):
     for k, v in params.items():
         yield f'{prefix}{k}', v
@@ -124,27 +144,28 @@ def check_params(
     params:dict,          # the run's parameters
     secrets:dict|None=None, # credentials to look for; `secret_values()` when None
 ):
-    "Refuse parameters that look like credentials or carry one."
+    "Refuse parameters that look like credentials or carry part of one (the error never shows the value)."
     secrets = secret_values() if secrets is None else secrets
     for k, v in _walk(params):
+        name = secret_in(k, secrets)
+        if name: raise TbotError(f"a parameter name holds part of the value of {name}; secrets are never passed to reports")
         if _SECRET_PARAM_RE.search(k):
             raise TbotError(f"parameter {k!r} looks like a credential; secrets are never passed to reports (tbot reads them from the environment)")
-        text = v if isinstance(v, str) else json.dumps(v, default=str)
-        for name, s in secrets.items():
-            if s in text: raise TbotError(f"parameter {k!r} contains the value of {name}; secrets are never passed to reports")
+        name = secret_in(v if isinstance(v, str) else json.dumps(v, default=str), secrets)
+        if name: raise TbotError(f"parameter {k!r} holds part of the value of {name}; secrets are never passed to reports")
 
 def find_secrets(
     folder:str|Path, # a run folder
     secrets:dict,    # variable name -> value
-)->list[tuple[str,str]]: # (file, variable) for every file holding a secret, raw, JSON- or HTML-escaped
-    "Search every file of a run for the values of credentials."
+)->list[tuple[str,str]]: # (file, variable) for every file holding 8 or more characters of a secret, raw, JSON- or HTML-escaped
+    "Search every file of a run for any part of the values of credentials."
+    forms = {name: {x.encode() for f in secret_fragments(s) for x in (f, json.dumps(f)[1:-1], html.escape(f), html.escape(json.dumps(f)[1:-1]))}
+             for name, s in secrets.items()}
     hits = []
     for f in sorted(Path(folder).rglob('*')):
         if not f.is_file(): continue
         blob = f.read_bytes()
-        for name, s in secrets.items():
-            forms = {s, json.dumps(s)[1:-1], html.escape(s), html.escape(json.dumps(s)[1:-1])}
-            if any(x.encode() in blob for x in forms): hits.append((f.name, name))
+        hits += [(f.name, name) for name, xs in forms.items() if any(x in blob for x in xs)]
     return hits
 
 # %% ../nbs/09_reports.ipynb #dfe60a03
@@ -301,6 +322,114 @@ def notebook_parameters(
             out[target.id] = {'default': ast.get_source_segment(src, node.value), 'help': comments.get(node.end_lineno, '')}
     return out
 
+# %% ../nbs/09_reports.ipynb #f67fb2dd
+def _literal(text:str):
+    "A parameter's default as a value; None when it is not a literal."
+    import ast
+    try: return ast.literal_eval(text)
+    except (ValueError, SyntaxError): return None
+
+def _names(value, what:str)->list[str]:
+    "A comma-separated text (or a list of texts) as a list."
+    if isinstance(value, str): return [x.strip() for x in value.split(',') if x.strip()]
+    if isinstance(value, list) and all(isinstance(x, str) for x in value): return [x.strip() for x in value]
+    raise TbotError(f"{what}: {value!r} is not a comma-separated list")
+
+def _window(value, what:str, optional:bool=False):
+    "A walk-forward window as the run notebooks read it: a number of bars or a duration such as 365D."
+    if optional and value in ('', None): return None
+    if isinstance(value, bool): raise TbotError(f"{what}: {value!r} is not a number of bars or a duration")
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return check_number(value, what, lo=1, integer=True)
+    return parse_duration(value, what)
+
+def _check_store(exchange, symbols, timeframes, start, end, data_dir):
+    "Refuse a run whose candles the store does not hold, or holds none of between start and end."
+    from tbot import data
+    for sym in symbols:
+        for tf in timeframes:
+            path = data.Series(exchange, sym, tf).path(data_dir)
+            if not path.exists():
+                have = [x.timeframe for x, _ in data.stored_series(path.parent.parent) if (x.exchange, x.symbol) == (exchange, sym)]
+                raise TbotError(f"no {sym} {tf} candles for {exchange} in the store {path.parent.parent}"
+                                + (f" (it holds {sym} {', '.join(have)})" if have else '') + " (try `tbot data list`, `tbot data fetch` or `tbot data import`)")
+            if start is None and end is None: continue
+            idx = data.read_series(path).index
+            inside = (idx >= start if start is not None else True) & (idx <= end if end is not None else True)
+            if not np.any(inside):
+                held = f"{idx[0]:%Y-%m-%d %H:%M} to {idx[-1]:%Y-%m-%d %H:%M}" if len(idx) else 'none'
+                raise TbotError(f"no {sym} {tf} candles between {f'{start:%Y-%m-%d %H:%M}' if start is not None else 'the start'} and "
+                                f"{f'{end:%Y-%m-%d %H:%M}' if end is not None else 'the end'} (the store holds {held} UTC)")
+
+def check_run_values(
+    declared:dict,             # the notebook's parameters, from `notebook_parameters`
+    params:dict,               # the parameters given (names already checked against `declared`)
+    data_dir:str|Path|None=None, # the store the run reads; settings' when None
+    check_data:bool=True,      # also check that the store holds the candles the run would load
+)->dict:                       # what the run will use: exchange, symbols, timeframes, start, end (the ones it declares)
+    "Refuse a bad parameter value with a one-line error before a kernel starts."
+    s = settings()
+    v = {k: _literal(d['default']) for k, d in declared.items()} | params
+    for k, x in params.items():
+        d = _literal(declared[k]['default'])
+        if isinstance(d, bool) and not isinstance(x, bool): raise TbotError(f"-p {k}: {x!r} is not true or false")
+        if isinstance(d, dict) and not isinstance(x, dict): raise TbotError(f"-p {k}: {x!r} is not a JSON object (e.g. '{{\"fast\": 10}}')")
+    for k in ('fees', 'slippage'):
+        if params.get(k) is not None and check_number(params[k], f'-p {k}', lo=0) >= 0.1: raise TbotError(f"-p {k}: {params[k]!r} must be less than 0.1")
+    if params.get('init_cash') is not None: check_number(params['init_cash'], '-p init_cash', lo=0, lo_open=True)
+    if v.get('fill') not in (None, '', 'next_open', 'close'): raise TbotError(f"-p fill: {v['fill']!r} must be 'next_open' or 'close'")
+    for k in ('train', 'test', 'wf_train', 'wf_test'):
+        if k in params: _window(params[k], f'-p {k}')
+    for k in ('step', 'wf_step'):
+        if k in params: _window(params[k], f'-p {k}', optional=True)
+    if params.get('metric') is not None:
+        from tbot.backtest import STATS
+        if params['metric'] not in STATS: raise TbotError(f"-p metric: unknown metric {params['metric']!r} (one of {', '.join(STATS)})")
+    if params.get('regime_detector'):
+        from tbot.regime import DETECTORS
+        if params['regime_detector'] not in DETECTORS:
+            raise TbotError(f"-p regime_detector: unknown regime detector {params['regime_detector']!r} (choose from {', '.join(DETECTORS)})")
+    strategy = v.get('strategy')
+    if 'strategy' in declared:
+        from tbot.strategies import STRATEGIES
+        names = list(STRATEGIES) + ["agent"] * ("'agent'" in declared['strategy']['help'])
+        if strategy not in names: raise TbotError(f"-p strategy: unknown strategy {strategy!r} (strategies: {', '.join(names)})")
+        if strategy != 'agent':
+            strat = STRATEGIES[strategy]
+            strat.check(v.get('params') or {})
+            for k, xs in (v.get('grid') or {}).items():
+                if k not in strat.params: raise TbotError(f"-p grid: {strategy} has no parameter {k!r} (parameters: {', '.join(strat.params)})")
+                xs = xs if isinstance(xs, list) else [xs]
+                if not xs: raise TbotError(f"-p grid: {k} has no values")
+                for x in xs: strat.params[k].check(k, x, strategy)
+    if v.get('bot_timeframes') and strategy != 'agent': raise TbotError("-p bot_timeframes: true is for strategy 'agent' only")
+    out = {}
+    for k in ('start', 'end'):
+        if v.get(k) not in (None, '') and not isinstance(v[k], str):
+            raise TbotError(f"-p {k}: {v[k]!r} is not a date or time (use YYYY-MM-DD or 'YYYY-MM-DD HH:MM', UTC)")
+    if 'start' in declared: out['start'] = parse_time(v['start'], '-p start') if v.get('start') else None
+    if 'end' in declared: out['end'] = parse_time(v['end'], '-p end', end_of_day=True) if v.get('end') else None
+    check_period(out.get('start'), out.get('end'))
+    if 'symbols' not in declared or not {'timeframe', 'timeframes'} & set(declared): return out  # not a notebook of stored series
+    from tbot import data
+    exchange = v.get('exchange') or s.get('exchange', 'id', 'binance')
+    if not isinstance(exchange, str) or not re.fullmatch(r'[a-z][a-z0-9_]*', exchange):
+        raise TbotError(f"-p exchange: {exchange!r} is not a ccxt exchange id (e.g. binance) or 'synthetic'")
+    symbols = _names(v.get('symbols') or '', '-p symbols') or s.getlist('exchange', 'symbols', 'BTC/USDT,ETH/USDT')
+    if v.get('bot_timeframes'):
+        from tbot import agent
+        timeframes = list(dict.fromkeys(b.timeframe for b in agent.load_policy().bots))
+    elif 'timeframe' in declared:
+        if not isinstance(v.get('timeframe'), str): raise TbotError(f"-p timeframe: {v.get('timeframe')!r} is not a timeframe (e.g. 1h)")
+        timeframes = [v['timeframe']]
+    else: timeframes = _names(v.get('timeframes') or '', '-p timeframes') or s.getlist('exchange', 'timeframes', '1h,5m')
+    for sym in symbols:
+        for tf in timeframes: data.Series(exchange, sym, tf)  # a bad symbol or timeframe is refused here
+    out.update(exchange=exchange, symbols=symbols, timeframes=timeframes)
+    if check_data and not v.get('fetch', False): _check_store(exchange, symbols, timeframes, out.get('start'), out.get('end'), data_dir)
+    return out
+
+# %% ../nbs/09_reports.ipynb #d48269c4
 def _slug(text:str)->str:
     return re.sub(r'[^A-Za-z0-9_.=-]+', '_', text.replace('/', '_')).strip('_')[:80] or 'run'
 
@@ -325,6 +454,79 @@ def _fail(tmp:Path, reports:Path, stem:str, error:str, leaked:bool=False)->Path:
                                   ("\nIts artefacts held a credential and were deleted." if leaked else "\nThe executed notebook is kept for inspection.") + "\n")
     return _move_unique(tmp, reports/'failed', stem)
 
+_RUNNING_RE = re.compile(r'^\.running-(?P<pid>\d+)@(?P<host>\w*)-(?P<stem>.+)-(?P<tag>[0-9a-f]{8})$')
+_LEGACY_RE = re.compile(r'^\.running-(?P<stem>\d{8}T\d{6}Z-.+)-(?P<tag>[0-9a-f]{8})$')  # written by tbot before pids were in the name
+
+def _host()->str: return re.sub(r'\W', '_', __import__('socket').gethostname())[:40]
+
+def running_folder(
+    reports:Path, # the reports folder
+    stem:str,     # the run's name, '<stamp>-<notebook>[-<label>]'
+)->Path:          # a new name for a run in progress: `.running-<pid>@<host>-<stem>-<random>`
+    "The temporary folder of a run in progress; its name says which process owns it."
+    return reports/f'.running-{os.getpid()}@{_host()}-{stem}-{uuid.uuid4().hex[:8]}'
+
+def _alive(pid:int)->bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def _open_somewhere(folder:Path)->bool:
+    "Whether any process of ours holds a file in `folder` open (a live kernel holds its stderr file)."
+    prefix = str(folder.resolve()) + os.sep
+    for fd in Path('/proc').glob('[0-9]*/fd/*'):
+        try:
+            if os.readlink(fd).startswith(prefix): return True
+        except OSError: pass
+    return False
+
+def _dead(d:Path, legacy_age:float)->tuple[str,str]|None:
+    "(stem, who) when `d` is the folder of a run whose process died, else None."
+    if m := _RUNNING_RE.match(d.name):
+        return (m['stem'], f"pid {m['pid']}") if m['host'] == _host() and not _alive(int(m['pid'])) else None
+    if (m := _LEGACY_RE.match(d.name)) and Path('/proc/self/fd').is_dir():
+        newest = max([p.stat().st_mtime for p in d.rglob('*')] + [d.stat().st_mtime])
+        if time.time() - newest > legacy_age and not _open_somewhere(d): return m['stem'], 'an older tbot, pid unknown'
+    return None
+
+def clean_debris(
+    reports:Path,          # the reports folder
+    secrets:dict,          # credentials whose parts the kept files must not hold
+    say=None,              # where to say what was cleaned up; stderr when None
+    legacy_age:float=86400, # seconds untouched before a folder without a pid (older tbot) counts as dead
+)->list[Path]:             # the reports/failed/ folders the debris went to, each with FAILED.txt saying 'killed'
+    "Move the folders of runs whose process was killed (kill -9, power loss) to reports/failed/, marked killed."
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    moved = []
+    for d in sorted(Path(reports).glob('.running-*')):
+        dead = _dead(d, legacy_age)
+        if dead is None: continue
+        stem, who = dead
+        mine = running_folder(reports, stem)
+        try: os.rename(d, mine)  # take it over first: of two cleaners one wins, and if this one dies too, the next cleans up
+        except OSError: continue
+        error = f"killed: the run's process ({who}) died before it finished; found at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        moved.append(_fail(mine, reports, stem, error, leaked=bool(find_secrets(mine, secrets))))
+    if moved: say(f"tbot: {len(moved)} run(s) killed mid-run moved to {Path(reports)/'failed'}: {', '.join(p.name for p in moved)}")
+    return moved
+
+# %% ../nbs/09_reports.ipynb #3e970251
+class Terminated(SystemExit):
+    "The process was asked to stop with SIGTERM; the run in progress is kept in reports/failed/."
+
+def on_sigterm(signum, frame):
+    "A SIGTERM handler for a command's main thread: stop the run in progress as `Terminated` (exit 143)."
+    raise Terminated(128 + signum)
+
+def withhold(
+    text:str,     # an error message, about to be shown, logged or written
+    secrets:dict, # variable name -> value
+)->str:           # `text`, or a note naming the variable in its place
+    "`text`, or a note in its place when it holds part of a credential."
+    name = secret_in(text or '', secrets)
+    return f"(the error message held part of the value of {name}; withheld)" if name else text
+
 def run_report(
     name:str,                 # run notebook name in nbs/runs ('backtest'), or a path to an .ipynb
     params:dict|None=None,    # its parameters (dicts allowed); `output_dir` is set by the runner
@@ -344,59 +546,70 @@ def run_report(
     declared = notebook_parameters(nb_path)
     unknown = [k for k in params if k not in declared or k == 'output_dir']
     if unknown: raise TbotError(f"{nb_path.stem} has no parameter {unknown[0]!r} (it takes: {', '.join(k for k in declared if k != 'output_dir')})")
+    if timeout is not None: timeout = check_number(timeout, '--timeout', lo=0, lo_open=True)
     s = settings()
     kernel_env = {'TBOT_DATA_DIR': str(s.data_dir), 'TBOT_REPORTS_DIR': str(reports_dir or s.reports_dir), 'TBOT_RUNS_DIR': str(nb_path.parent)}
     if s.path: kernel_env['TBOT_SETTINGS'] = str(s.path.resolve())
     kernel_env.update(env or {})
+    check_run_values(declared, params, kernel_env['TBOT_DATA_DIR'])  # before anything is written or a kernel starts
     import papermill as pm, nbformat  # only now: importing them takes seconds, and bad input should fail fast
     reports = Path(reports_dir or kernel_env['TBOT_REPORTS_DIR']); reports.mkdir(parents=True, exist_ok=True)
+    clean_debris(reports, secrets)
     started = datetime.now(timezone.utc)
     stem = f"{started.strftime(STAMP_FORMAT)}-{_slug('-'.join(x for x in (nb_path.stem, label) if x))}"
-    tmp = reports/f'.running-{stem}-{uuid.uuid4().hex[:8]}'
+    tmp = running_folder(reports, stem)
     tmp.mkdir()
-    out_nb = tmp/f'{nb_path.stem}.ipynb'
-    km = type('RunKernelManager', (_RunKernelManager,), {'extra_env': kernel_env, 'stderr_path': str(tmp/'kernel-stderr.txt')})
-    t0 = time.perf_counter(); error = None
     try:
-        pm.execute_notebook(str(nb_path), str(out_nb), parameters={**params, 'output_dir': str(tmp)}, kernel_name=kernel_name,
-                            progress_bar=progress, cwd=str(s.root), execution_timeout=timeout, kernel_manager_class=km)
-    except pm.PapermillExecutionError as e:
-        error = f"cell {e.exec_count} raised {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
-    except (KeyboardInterrupt, SystemExit):
-        _fail(tmp, reports, stem, 'interrupted'); raise
-    except Exception as e:
-        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    seconds = time.perf_counter() - t0
-    rec = json.loads((tmp/'record.json').read_text()) if (tmp/'record.json').exists() else {}
-    if error is None and 'metrics' not in rec: error = "the notebook recorded no metrics (call tbot.reports.record(output_dir, metrics=...))"
-    title = rec.get('title') or nb_path.stem
-    if error is None:
-        (tmp/'kernel-stderr.txt').unlink(missing_ok=True)
-        page = export_html(nbformat.read(out_nb, as_version=4), title)
-        (tmp/f'{nb_path.stem}.html').write_text(page, encoding='utf-8')
-        (tmp/'metrics.json').write_text(json.dumps(rec['metrics'], indent=1, allow_nan=False))
-        data_files = rec.get('data', [])
-        manifest = {'status': 'ok', 'name': stem.split('-', 1)[1], 'notebook': nb_path.stem, 'notebook_sha256': sha256_file(nb_path),
-                    'label': label, 'title': title, 'summary': rec.get('summary', ''),
-                    'synthetic': bool(rec.get('synthetic', any(d.get('synthetic') for d in data_files))),
-                    'parameters': jsonable(params), 'data': data_files,
-                    'gaps': {f"{d['exchange']} {d['symbol']} {d['timeframe']}": d['gap_count'] for d in data_files},
-                    'assumptions': rec.get('assumptions', {}),
-                    'started': started.isoformat(), 'seconds': round(seconds, 3), 'tbot_version': __version__,
-                    'git_commit': git_commit(s.root), 'python': sys.version.split()[0], 'papermill': pm.__version__,
-                    'kernel': kernel_name,
-                    'files': {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix in ('.ipynb', '.html') or f.name == 'metrics.json'}}
-        (tmp/'manifest.json').write_text(json.dumps(manifest, indent=1, allow_nan=False))
-        (tmp/'record.json').unlink()
-    leaks = find_secrets(tmp, secrets)
-    if leaks:
-        error = f"the run's output holds the value of {leaks[0][1]} (in {leaks[0][0]}); not published"
-    if error is not None:
-        folder = _fail(tmp, reports, stem, error, leaked=bool(leaks))
-        build_index(reports)
-        return {'status': 'failed', 'folder': str(folder), 'notebook': nb_path.stem, 'label': label, 'title': title,
-                'error': error, 'seconds': round(seconds, 3), 'headline': {}}
-    folder = _move_unique(tmp, reports, stem)
+        out_nb = tmp/f'{nb_path.stem}.ipynb'
+        km = type('RunKernelManager', (_RunKernelManager,), {'extra_env': kernel_env, 'stderr_path': str(tmp/'kernel-stderr.txt')})
+        t0 = time.perf_counter(); error = None
+        try:
+            pm.execute_notebook(str(nb_path), str(out_nb), parameters={**params, 'output_dir': str(tmp)}, kernel_name=kernel_name,
+                                progress_bar=progress, cwd=str(s.root), execution_timeout=timeout, kernel_manager_class=km)
+        except pm.PapermillExecutionError as e:
+            error = f"cell {e.exec_count} raised {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
+        except Exception as e:
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        seconds = time.perf_counter() - t0
+        rec = json.loads((tmp/'record.json').read_text()) if (tmp/'record.json').exists() else {}
+        if error is None and 'metrics' not in rec: error = "the notebook recorded no metrics (call tbot.reports.record(output_dir, metrics=...))"
+        title = rec.get('title') or nb_path.stem
+        if error is None:
+            (tmp/'kernel-stderr.txt').unlink(missing_ok=True)
+            page = export_html(nbformat.read(out_nb, as_version=4), title)
+            (tmp/f'{nb_path.stem}.html').write_text(page, encoding='utf-8')
+            (tmp/'metrics.json').write_text(json.dumps(rec['metrics'], indent=1, allow_nan=False))
+            data_files = rec.get('data', [])
+            manifest = {'status': 'ok', 'name': stem.split('-', 1)[1], 'notebook': nb_path.stem, 'notebook_sha256': sha256_file(nb_path),
+                        'label': label, 'title': title, 'summary': rec.get('summary', ''),
+                        'synthetic': bool(rec.get('synthetic', any(d.get('synthetic') for d in data_files))),
+                        'parameters': jsonable(params), 'data': data_files,
+                        'gaps': {f"{d['exchange']} {d['symbol']} {d['timeframe']}": d['gap_count'] for d in data_files},
+                        'assumptions': rec.get('assumptions', {}),
+                        'started': started.isoformat(), 'seconds': round(seconds, 3), 'tbot_version': __version__,
+                        'git_commit': git_commit(s.root), 'python': sys.version.split()[0], 'papermill': pm.__version__,
+                        'kernel': kernel_name,
+                        'files': {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix in ('.ipynb', '.html') or f.name == 'metrics.json'}}
+            (tmp/'manifest.json').write_text(json.dumps(manifest, indent=1, allow_nan=False))
+            (tmp/'record.json').unlink()
+        leaks = find_secrets(tmp, secrets)
+        if leaks:
+            error, title = f"the run's output holds part of the value of {leaks[0][1]} (in {leaks[0][0]}); not published", nb_path.stem
+        if error is not None:
+            error = withhold(error, secrets)
+            folder = _fail(tmp, reports, stem, error, leaked=bool(leaks))
+            build_index(reports)
+            return {'status': 'failed', 'folder': str(folder), 'notebook': nb_path.stem, 'label': label, 'title': title,
+                    'error': error, 'seconds': round(seconds, 3), 'headline': {}}
+        folder = _move_unique(tmp, reports, stem)
+    except BaseException as e:  # Ctrl-C, SIGTERM (when the caller turned it into `Terminated`), or a crash of the runner itself
+        if tmp.exists():
+            why = ('terminated (SIGTERM): the run was stopped before it finished' if isinstance(e, Terminated) else
+                   'interrupted (Ctrl-C): the run was stopped before it finished' if isinstance(e, KeyboardInterrupt) else
+                   withhold(f"the runner failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}", secrets))
+            e.folder = _fail(tmp, reports, stem, why, leaked=bool(find_secrets(tmp, secrets)))
+            build_index(reports)
+        raise
     build_index(reports)
     return {'status': 'ok', 'folder': str(folder), 'notebook': nb_path.stem, 'label': label, 'title': title, 'error': None,
             'seconds': round(seconds, 3), 'headline': headline(rec['metrics']), 'synthetic': manifest['synthetic'],
@@ -461,7 +674,10 @@ def build_index(
 )->Path:                            # reports/index.html
     "Rebuild reports/index.html from the run folders."
     reports = Path(reports_dir or settings().reports_dir)
+    secrets = secret_values()
     runs = list_runs(reports)
+    held = [r for r in runs if secret_in(json.dumps(r, default=str, ensure_ascii=False), secrets)]
+    runs = [r for r in runs if r not in held]
     parts = ['<h1>tbot reports</h1>', '<p class="note">Every figure states its fees, slippage and fill assumptions in its report; '
              'in-sample results are labelled as such; SYNTHETIC marks runs on a synthetic market. Past results promise nothing.</p>']
     for nb in sorted({r['notebook'] for r in runs}):
@@ -476,13 +692,16 @@ def build_index(
     batches = sorted((reports/'batches').glob('*.html'), reverse=True)
     if batches:
         parts += ['<h2>Batches</h2>', html_table([{'batch': b.stem} for b in batches], ['batch'], {'batch': lambda r: f"batches/{r['batch']}.html"})]
-    failed = list_failed(reports)
+    failed = [{**r, 'error': withhold(r['error'], secrets)} for r in list_failed(reports)]
+    if held: parts.append(f'<p class="note">{len(held)} run(s) left out: they hold part of a credential.</p>')
     if failed:
         parts += ['<h2>Failed runs</h2><p class="note">Kept for inspection; none of them is a result.</p>',
                   html_table(failed, ['folder', 'error'], {'folder': lambda r: f"failed/{r['folder']}/"})]
     if not runs and not failed: parts.append('<p>No runs yet: try <code>tbot report backtest</code>.</p>')
+    page = _PAGE.format(title='tbot reports', body='\n'.join(parts))
+    if secret_in(page, secrets) or secret_in(html.unescape(page), secrets): raise TbotError("the index would hold part of a credential; not written")
     path = reports/'index.html'
-    with atomic_write(path, 'w') as f: f.write(_PAGE.format(title='tbot reports', body='\n'.join(parts)))
+    with atomic_write(path, 'w') as f: f.write(page)
     return path
 
 # %% ../nbs/09_reports.ipynb #f18b57b5
@@ -490,7 +709,18 @@ def _batch_one(name, params, reports_dir, label, timeout, env):
     "One run of a batch, on a worker; a crash becomes a failed row instead of an exception."
     try: return {**run_report(name, params, reports_dir, label=label, timeout=timeout, env=env), 'params': params}
     except BaseException as e:
-        return {'status': 'failed', 'folder': None, 'label': label, 'error': f'{type(e).__name__}: {e}', 'headline': {}, 'params': params}
+        return {'status': 'failed', 'folder': str(getattr(e, 'folder', '')) or None, 'label': label,
+                'error': withhold(f'{type(e).__name__}: {e}', secret_values()), 'headline': {}, 'params': params}
+
+class _quiet_shutdown:
+    "Keep distributed's shutdown chatter (CommClosedError tracebacks of closing comms) away from the user; real errors still raise."
+    def __enter__(self):
+        import logging
+        self.levels = {n: logging.getLogger(n).level for n in ('distributed', 'tornado', 'asyncio')}
+        for n in self.levels: logging.getLogger(n).setLevel(logging.CRITICAL)
+    def __exit__(self, *exc):
+        import logging
+        for n, lvl in self.levels.items(): logging.getLogger(n).setLevel(lvl)
 
 def _merge(base:dict, combo:dict)->dict:
     out = json.loads(json.dumps(base))
@@ -515,40 +745,49 @@ def run_batch(
     nb_path = find_run_notebook(name)
     declared = notebook_parameters(nb_path)
     combos = grid_combinations(grid)
+    if timeout is not None: timeout = check_number(timeout, '--timeout', lo=0, lo_open=True)
+    s = settings()
     runs = []
-    for combo in combos:
+    for combo in combos:  # every run is checked before anything is written or submitted
         merged = _merge(params, combo)
         check_params(merged)
         bad = [k for k in merged if k not in declared or k == 'output_dir']
         if bad: raise TbotError(f"{nb_path.stem} has no parameter {bad[0]!r}")
+        try: check_run_values(declared, merged, s.data_dir)
+        except TbotError as e: raise TbotError(f"{','.join(f'{k}={v}' for k, v in combo.items())}: {e}") from None
         runs.append((merged, ','.join(f'{k}={v}' for k, v in combo.items())))
-    s = settings()
     reports = Path(reports_dir or s.reports_dir).resolve(); reports.mkdir(parents=True, exist_ok=True)
     env = {'TBOT_DATA_DIR': str(s.data_dir.resolve()), 'TBOT_REPORTS_DIR': str(reports), 'TBOT_RUNS_DIR': str(nb_path.parent)}
     if s.path: env['TBOT_SETTINGS'] = str(s.path.resolve())
     started = datetime.now(timezone.utc)
-    cluster = None
+    cluster = client = None
     try:
         if scheduler:
             try: client = Client(scheduler, timeout='10s')
             except (OSError, TimeoutError) as e: raise TbotError(f"cannot reach the Dask scheduler {scheduler} ({type(e).__name__})") from None
-        else:
+        else:  # the workers' own logs stay quiet: a run's failure comes back as its row, and closing comms log tracebacks
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
+                                   silence_logs=logging.CRITICAL)
             client = Client(cluster)
         tag = uuid.uuid4().hex[:8]
         futures = [client.submit(_batch_one, str(nb_path), p, str(reports), label, timeout, env, key=f'tbot-report-{tag}-{i}', pure=False)
                    for i, (p, label) in enumerate(runs)]
         rows = []
         bar = tqdm(total=len(futures), disable=not progress, unit='run', desc=f'batch {nb_path.stem}')
+        which = {f.key: run for f, run in zip(futures, runs)}
         for fut in as_completed(futures):
-            r = fut.result(); rows.append(r); bar.update(1)
+            try: r = fut.result()
+            except Exception as e:  # the worker itself died (KilledWorker) or the cluster went away
+                p, label = which[fut.key]
+                r = {'status': 'failed', 'folder': None, 'label': label, 'error': withhold(f'{type(e).__name__}: {e}', secret_values()), 'headline': {}, 'params': p}
+            rows.append(r); bar.update(1)
             bar.set_postfix(failed=sum(x['status'] != 'ok' for x in rows))
             if progress: bar.write(f"{r['status']:>6}  {r['label']}  {r.get('folder') or r['error']}")
         bar.close()
-        client.close()
     finally:
-        if cluster is not None: cluster.close()
+        with _quiet_shutdown():
+            if client is not None: client.close()
+            if cluster is not None: cluster.close()
     order = {label: i for i, (_, label) in enumerate(runs)}
     rows.sort(key=lambda r: order[r['label']])
     table_rows = [{'run': r['label'], 'status': r['status'], **r.get('headline', {}),
@@ -644,8 +883,23 @@ def cli_report(argv:list[str], prog:str='tbot report')->int:
         rows = [{'notebook': n, 'parameter': k, 'default': v['default'], 'help': v['help']}
                 for n in run_notebooks() for k, v in notebook_parameters(find_run_notebook(n)).items() if k != 'output_dir']
         emit(rows, a.json, lambda r: table(r)); return 0
+    secrets = secret_values()
+    for text in [a.name, a.scheduler or '', *(x for kv in a.param for x in kv), *a.grid]:  # before any error could repeat them
+        if (hit := secret_in(text, secrets)): raise TbotError(f"an argument holds part of the value of {hit}; secrets are never passed to reports")
     if a.workers < 1: raise TbotError("--workers must be at least 1")
+    if a.timeout is not None: check_number(a.timeout, '--timeout', lo=0, lo_open=True)
     params = parse_params(a.param)
+    main = threading.current_thread() is threading.main_thread()
+    if main: before = signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM stops the run and keeps it in failed/
+    try: return _report_command(a, params, prog, emit, table)
+    except Terminated as e:
+        sys.stderr.write(f"{prog}: terminated" + (f"; the unfinished run is kept in {e.folder}" if getattr(e, 'folder', None) else '') + "\n")
+        return e.code
+    finally:
+        if main: signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+def _report_command(a, params, prog, emit, table)->int:
+    "Run the report or batch `cli_report` parsed."
     if a.grid:
         res = run_batch(a.name, params, parse_grid(a.grid), a.scheduler, a.workers, timeout=a.timeout, progress=not a.json)
         def human(r):

@@ -10,17 +10,19 @@ import fcntl, json, os, re, signal, sys, threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from .config import TbotError, settings
-from .reports import find_run_notebook, notebook_parameters, parse_value, run_report, set_param
+from .config import TbotError, atomic_write, settings
+from .reports import (Terminated, check_params, check_run_values, find_run_notebook, notebook_parameters, on_sigterm, parse_value,
+                          run_report, secret_values, set_param, withhold)
 
 # %% auto #0
 __all__ = ['OPTIONS', 'make_trigger', 'Job', 'parse_job', 'load_jobs', 'FileLock', 'schedule_dir', 'log_run', 'read_log',
-           'run_job', 'missed', 'last_started', 'run_scheduler', 'cli_schedule']
+           'reap_killed', 'run_job', 'missed', 'last_started', 'run_scheduler', 'cli_schedule']
 
 # %% ../nbs/10_schedule.ipynb #1a092f75
 OPTIONS = {'misfire_grace': '3600', 'catch_up': 'true'}  # [schedule] keys that are settings, not jobs
 _EVERY_RE = re.compile(r'^every\s+(\d+)\s*([smhd])$')
 _UNIT = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400}
+_MAX_EVERY = 366 * 86400  # longer intervals overflow datetimes, and a yearly job reads better as cron
 
 def make_trigger(
     when:str, # '30 2 * * *', '*/10 * * * * *' (with seconds), or 'every 15m'
@@ -32,13 +34,14 @@ def make_trigger(
     if m:
         seconds = int(m.group(1)) * _UNIT[m.group(2)]
         if seconds < 1: raise TbotError(f"interval {when!r} must be at least 1s")
+        if seconds > _MAX_EVERY: raise TbotError(f"interval {when!r} is longer than a year (366d); use a crontab expression")
         return IntervalTrigger(seconds=seconds, timezone='UTC')
     fields = when.split()
     if len(fields) not in (5, 6): raise TbotError(f"{when!r} is neither a crontab expression (5 or 6 fields) nor 'every N[smhd]'")
     if re.search(r'\d', fields[-1]): raise TbotError(f"{when!r}: write weekdays as names (mon..sun), not numbers (cron and APScheduler disagree on 0)")
     names = ['second'] * (len(fields) == 6) + ['minute', 'hour', 'day', 'month', 'day_of_week']
     try: return CronTrigger(**dict(zip(names, fields)), timezone='UTC')
-    except ValueError as e: raise TbotError(f"bad schedule {when!r}: {e}") from None
+    except (ValueError, TypeError, OverflowError) as e: raise TbotError(f"bad schedule {when!r}: {e}") from None
 
 @dataclass
 class Job:
@@ -79,6 +82,8 @@ def load_jobs(
         declared = notebook_parameters(find_run_notebook(job.notebook))
         bad = [k for k in job.params if k not in declared or k == 'output_dir']
         if bad: raise TbotError(f"[schedule] {name}: {job.notebook} has no parameter {bad[0]!r}")
+        try: check_params(job.params); check_run_values(declared, job.params, check_data=False)  # the store is checked when it runs
+        except TbotError as e: raise TbotError(f"[schedule] {name}: {e}") from None
         jobs[name] = job
     return jobs
 
@@ -133,27 +138,71 @@ def read_log(reports_dir=None)->list[dict]:
 # %% ../nbs/10_schedule.ipynb #23e82e92
 def _now()->datetime: return datetime.now(timezone.utc)
 
+def _marker(job_name:str, reports_dir=None)->Path:
+    "reports/schedule/running/JOB.json: written when a run starts, removed once it is logged."
+    return schedule_dir(reports_dir)/'running'/f'{job_name}.json'
+
+def reap_killed(
+    job_name:str,     # the job, whose lock the caller holds
+    reports_dir=None, # the reports folder; settings' when None
+    say=print,        # where to write one line
+    on_entry=None,    # also called with the log entry
+)->dict|None:         # the `killed` log entry, or None when the last run finished
+    "Log as killed a run that started but never finished: its process died (kill -9, power loss) and left its marker."
+    path = _marker(job_name, reports_dir)
+    try: m = json.loads(path.read_text())
+    except FileNotFoundError: return None
+    except ValueError: m = {}  # a marker cut short by the kill itself
+    if not any(e.get('job') == job_name and e.get('started') == m.get('started') for e in read_log(reports_dir)):
+        entry = {'job': job_name, 'how': m.get('how'), 'notebook': m.get('notebook'), 'started': m.get('started') or _now().isoformat(),
+                 'status': 'killed', 'folder': None, 'finished': None,
+                 'error': f"killed: its process (pid {m.get('pid', 'unknown')}) died before the run finished; found {_now():%Y-%m-%d %H:%M:%S} UTC"}
+        log_run(entry, reports_dir)
+        if on_entry: on_entry(entry)
+        say(f"{_now():%Y-%m-%dT%H:%M:%S}Z  {job_name:<20} killed   (started {entry['started'][:19]}, pid {m.get('pid', 'unknown')})")
+    else: entry = None  # it was logged just before the kill
+    path.unlink(missing_ok=True)
+    return entry
+
+def _line(entry:dict)->str:
+    "One line about a logged run: the folder when it published, else why it did not."
+    why = entry['error'] or ''
+    if entry['status'] == 'ok': why = entry['folder']
+    elif entry['folder']: why += f" (kept in {entry['folder']})"
+    return f"{(entry['finished'] or entry['started'])[:19]}Z  {entry['job']:<20} {entry['status']:<8} {why}"
+
 def run_job(
     job:Job,          # the job
     how:str='once',   # why it runs: once, schedule or catch-up (logged)
     reports_dir=None, # the reports folder; settings' when None
     say=print,        # where to write one line per run
     on_entry=None,    # also called with the log entry (e.g. to print it as JSON)
-)->dict:              # the log entry: job, how, started, finished, status (ok/failed/skipped), folder, error
+)->dict:              # the log entry: job, how, started, finished, status (ok/failed/skipped/interrupted), folder, error
     "Run one job now under its lock, and log it."
     lock = FileLock(schedule_dir(reports_dir)/'locks'/f'{job.name}.lock')
     started = _now()
     entry = {'job': job.name, 'how': how, 'notebook': job.notebook, 'started': started.isoformat()}
     if not lock.acquire():
         entry.update(status='skipped', folder=None, error=f'already running ({lock.holder()})', finished=_now().isoformat())
+        log_run(entry, reports_dir)
     else:
-        try: res = run_report(job.notebook, job.params, reports_dir, label=job.name)
-        except TbotError as e: res = {'status': 'failed', 'folder': None, 'error': str(e)}
+        try:
+            reap_killed(job.name, reports_dir, say, on_entry)
+            marker = _marker(job.name, reports_dir)
+            with atomic_write(marker, 'w') as f: json.dump({**entry, 'pid': os.getpid()}, f)
+            try: res = run_report(job.notebook, job.params, reports_dir, label=job.name)
+            except Exception as e:  # bad parameters, a missing series, or the runner itself: a failed run, never a traceback
+                res = {'status': 'failed', 'folder': None, 'error': withhold(str(e) if isinstance(e, TbotError) else f'{type(e).__name__}: {e}', secret_values())}
+            except BaseException as e:  # Ctrl-C or SIGTERM: run_report kept the run in failed/
+                entry.update(status='interrupted', folder=str(getattr(e, 'folder', '')) or None, error=type(e).__name__, finished=_now().isoformat())
+                log_run(entry, reports_dir); marker.unlink(missing_ok=True)
+                raise
+            entry.update(status=res['status'], folder=res['folder'], error=res.get('error'), finished=_now().isoformat())
+            log_run(entry, reports_dir)
+            marker.unlink(missing_ok=True)  # only after the log line, and before the lock goes: a marker found under the lock means killed
         finally: lock.release()
-        entry.update(status=res['status'], folder=res['folder'], error=res.get('error'), finished=_now().isoformat())
-    log_run(entry, reports_dir)
     if on_entry: on_entry(entry)
-    say(f"{entry['finished'][:19]}Z  {job.name:<20} {entry['status']:<8} {entry['folder'] or entry['error']}")
+    say(_line(entry))
     return entry
 
 # %% ../nbs/10_schedule.ipynb #a011de73
@@ -184,9 +233,10 @@ def run_scheduler(
     s=None,                  # settings, for misfire_grace and catch_up
 )->int:                      # how many runs finished
     "Run the jobs on their schedules until interrupted."
+    import logging
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.events import EVENT_JOB_MISSED
+    from apscheduler.events import EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES
     s = s or settings()
     if not jobs: raise TbotError("settings.ini [schedule] has no jobs")
     grace = s.getint('schedule', 'misfire_grace', OPTIONS['misfire_grace'])
@@ -206,11 +256,27 @@ def run_scheduler(
         log_run(entry, reports_dir)
         if on_entry: on_entry(entry)
         say(f"{_now():%Y-%m-%dT%H:%M:%S}Z  {ev.job_id:<20} missed   (scheduled {ev.scheduled_run_time:%Y-%m-%d %H:%M:%S}, more than {grace}s late)")
+    def on_busy(ev):  # APScheduler would only warn on stderr: the log says it too
+        name = ev.job_id.removesuffix('-catch-up')
+        entry = {'job': name, 'how': 'schedule', 'status': 'skipped', 'scheduled': ev.scheduled_run_times[0].isoformat() if ev.scheduled_run_times else None,
+                 'started': _now().isoformat(), 'finished': _now().isoformat(), 'folder': None,
+                 'error': 'its previous run is still going (maximum number of running instances: 1)'}
+        log_run(entry, reports_dir)
+        if on_entry: on_entry(entry)
+        say(f"{_now():%Y-%m-%dT%H:%M:%S}Z  {name:<20} skipped  (its previous run is still going)")
+    logging.getLogger('apscheduler.scheduler').setLevel(logging.ERROR)  # its 'skipped' and 'missed' warnings are logged above, once
+    logging.getLogger('apscheduler.executors.default').setLevel(logging.ERROR)
     sched = BackgroundScheduler(timezone='UTC', executors={'default': ThreadPoolExecutor(2)},
                                 job_defaults={'coalesce': True, 'max_instances': 1, 'misfire_grace_time': grace})
     sched.add_listener(on_missed, EVENT_JOB_MISSED)
-    log = read_log(reports_dir)
+    sched.add_listener(on_busy, EVENT_JOB_MAX_INSTANCES)
     try:
+        for job in jobs.values():  # runs killed with the last scheduler (or a --once) are logged as killed before anything else
+            jl = FileLock(schedule_dir(reports_dir)/'locks'/f'{job.name}.lock')
+            if jl.acquire():
+                try: reap_killed(job.name, reports_dir, say, on_entry)
+                finally: jl.release()
+        log = read_log(reports_dir)
         for job in jobs.values():
             sched.add_job(fire, job.trigger(), args=[job, 'schedule'], id=job.name, name=job.name)
             if catch_up and missed(job, last_started(job.name, log)):
@@ -252,9 +318,18 @@ def cli_schedule(argv:list[str], prog:str='tbot schedule')->int:
         emit(rows, a.json, lambda r: table(r)); return 0
     if a.once:
         if a.once not in jobs: raise TbotError(f"no job {a.once!r} in settings.ini [schedule] (jobs: {', '.join(jobs)})")
-        entry = run_job(jobs[a.once], 'once', say=(lambda m: print(m, file=sys.stderr)) if a.json else print)
+        main = threading.current_thread() is threading.main_thread()
+        if main: before = signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM keeps the run in reports/failed/ and logs it as interrupted
+        try: entry = run_job(jobs[a.once], 'once', say=(lambda m: print(m, file=sys.stderr)) if a.json else print)
+        except Terminated as e:
+            sys.stderr.write(f"{prog}: terminated" + (f"; the unfinished run is kept in {e.folder}" if getattr(e, 'folder', None) else '') + "\n")
+            return e.code
+        finally:
+            if main: signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
         if entry['status'] == 'skipped': raise TbotError(f"job {a.once} is {entry['error']}")
         if a.json: emit(entry, True)
+        if entry['status'] != 'ok':
+            sys.stderr.write(f"{prog}: FAILED: {entry['error']}\n" + (f"{prog}: the failed notebook is kept in {entry['folder']}\n" if entry['folder'] else ''))
         return 0 if entry['status'] == 'ok' else 1
     if a.max_runs is not None and a.max_runs < 1: raise TbotError("--max-runs must be at least 1")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if a.json else (lambda m: print(m, flush=True))

@@ -34,6 +34,7 @@ class Param:
     def check(self, name:str, value, owner:str=''):
         "The value as the parameter's type, or a one-line TbotError when it is not a number, not whole, or out of range."
         where = f"{owner}: " if owner else ''
+        if isinstance(value, (bool, np.bool_)): raise TbotError(f"{where}parameter {name}={value!r} is not a number")
         try: v = float(value)
         except (TypeError, ValueError): raise TbotError(f"{where}parameter {name}={value!r} is not a number") from None
         if not math.isfinite(v): raise TbotError(f"{where}parameter {name}={value!r} is not finite")
@@ -120,6 +121,8 @@ class Strategy:
 
     def check(self, params:dict|None=None)->dict:
         "All parameters: defaults overridden by `params`, each checked (unknown name, type, range)."
+        if params is not None and not isinstance(params, dict):
+            raise TbotError(f"{self.name}: parameters must be a dict of name: value, got {type(params).__name__}")
         params = dict(params or {})
         unknown = [k for k in params if k not in self.params]
         if unknown: raise TbotError(f"{self.name}: unknown parameter {unknown[0]!r} (parameters: {', '.join(self.params) or 'none'})")

@@ -1,6 +1,6 @@
 """The backtest engine on real data: the cross-check against backtesting.py, the sweep kernel against vectorbt,
 Dask, the overfitting statistics against independent implementations, and the CLI."""
-import itertools, json, subprocess, sys, warnings
+import itertools, json, os, stat, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from scipy.stats import rankdata
@@ -166,13 +166,54 @@ def test_cli_backtest_json_and_errors(btc_store, btc):
         bad = _tbot('backtest', '--symbol', 'BTC/USDT', *args)
         assert bad.returncode == 2 and msg in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
+BAD = [  # (command line after `tbot`, what the one line must say)
+    (['backtest', '--strategy', 'ema_cross', '--start', '2022-13-45'], "--start: '2022-13-45' is not a date"),
+    (['backtest', '--strategy', 'ema_cross', '--start', 'yesterday'], "--start: 'yesterday' is not a date"),
+    (['backtest', '--strategy', 'ema_cross', '--end', '2022-02-30'], "--end: '2022-02-30' is not a date"),
+    (['backtest', '--strategy', 'ema_cross', '--start', '2023-01-01', '--end', '2022-01-01'], '--start 2023-01-01 00:00 is after --end 2022-01-01 23:59'),
+    (['backtest', '--strategy', 'ema_cross', '--start', '2030-01-01'], 'no BTC/USDT 1h candles in 2030-01-01 00:00 .. the end (the store has 2021-01-01 00:00 .. 2023-12-31 23:00)'),
+    (['backtest', '--strategy', 'ema_cross', '--params', 'fast=nan'], "--params fast: 'nan' must be a finite number"),
+    (['backtest', '--strategy', 'ema_cross', '--params', 'fast=inf'], "--params fast: 'inf' must be a finite number"),
+    (['backtest', '--strategy', 'ema_cross', '--params', 'fast=abc'], "--params fast: 'abc' is not a number"),
+    (['backtest', '--strategy', 'ema_cross', '--params', 'fats=5'], "ema_cross: unknown parameter 'fats'"),
+    (['backtest', '--strategy', 'ema_cross', '--params', 'fast=5.5'], 'fast=5.5 must be a whole number'),
+    (['backtest', '--strategy', 'ema_cross', '--init-cash', 'inf'], 'init_cash: inf must be a finite number'),
+    (['backtest', '--strategy', 'ema_cross', '--fees', '-0.001'], 'fees: -0.001 must be at least 0'),
+    (['backtest', '--strategy', 'ema_cross', '--fees', 'nan'], 'fees: nan must be a finite number'),
+    (['backtest', '--strategy', 'ema_cross', '--slippage', 'inf'], 'slippage: inf must be a finite number'),
+    (['backtest', '--strategy', 'ema_cross', '--slippage', '-0.0001'], 'slippage: -0.0001 must be at least 0'),
+    (['sweep', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--start', '2022-13-45'], "--start: '2022-13-45' is not a date"),
+    (['sweep', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--heatmap', 'h.html'], '--heatmap needs a grid of two parameters'),
+    (['sweep', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--memory', '-1'], "--memory: '-1' must be greater than 0"),
+    (['sweep', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--memory', '0'], "--memory: '0' must be greater than 0"),
+    (['sweep', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--top', '-1'], '--top: -1 must be at least 1'),
+    (['sweep', '--strategy', 'ema_cross', '--grid', 'fast=5,nan'], "--grid fast: 'nan' must be a finite number"),
+    (['walkforward', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--blocks', '3'], '--blocks: 3 must be even'),
+    (['walkforward', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--train', 'abc'], "--train: 'abc' is not a duration"),
+    (['walkforward', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--train', '0D'], "--train: '0D' must be a positive duration"),
+    (['walkforward', '--strategy', 'ema_cross', '--grid', 'fast=5,10', '--end', 'yesterday'], "--end: 'yesterday' is not a date"),
+]
+
+@pytest.mark.parametrize('args,msg', BAD, ids=[' '.join(a[:1] + a[3:]) for a, _ in BAD])
+def test_cli_bad_input_is_one_line_before_any_work(btc_store, tmp_path, args, msg):
+    "Each refusal is one line (no traceback, no progress bar: nothing was computed), exit 2, and writes no file."
+    files = lambda: sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob('*'))
+    before = files()
+    bad = subprocess.run([str(TBOT), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = bad.stderr.splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith('tbot: error: ') and msg in lines[0], bad.stderr
+    assert files() == before  # no heatmap, no reports folder, the store untouched
+
 @pytest.mark.slow
 def test_cli_sweep_and_walkforward(btc_store, tmp_path):
     out = _tbot('sweep', '--strategy', 'ema_cross', '--symbol', 'BTC/USDT', '--grid', 'fast=5:20:5', '--grid', 'slow=50,100',
                 '--heatmap', str(tmp_path / 'h.html'), '--json')
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)['rows']
+    o = json.loads(out.stdout); rows = o['rows']
     assert len(rows) == 8 and {r['fast'] for r in rows} == {5, 10, 15, 20} and (tmp_path / 'h.html').stat().st_size > 1000
+    assert (o['assumptions']['symbol'], o['assumptions']['timeframe']) == ('BTC/USDT', '1h')
+    umask = os.umask(0o022); os.umask(umask)
+    assert stat.S_IMODE((tmp_path / 'h.html').stat().st_mode) == 0o666 & ~umask  # readable by others, like any file the user writes
     human = _tbot('walkforward', '--strategy', 'ema_cross', '--symbol', 'BTC/USDT', '--grid', 'fast=5,12', '--grid', 'slow=48,96',
                   '--train', '180D', '--test', '90D', '--blocks', '4')
     assert human.returncode == 0, human.stderr

@@ -1,5 +1,5 @@
 """tbot.regime on the shared real data and on synthetic markets: causality, stability, bad input, evaluation, CLI."""
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
 from tbot import regime
@@ -109,3 +109,29 @@ def test_cli_evaluate(store):
     out = json.loads(tbot('regime', 'evaluate', '--seeds', '300', '--bars', '8000', '--json').stdout)['synthetic']
     assert 0.5 < out['balanced_accuracy'] <= 1 and out['synthetic'] is True and set(out['confusion']) == set(regime.REGIMES)
     assert 'balanced accuracy' in tbot('regime', 'evaluate', '--seeds', '300', '--bars', '5000').stdout
+
+@pytest.mark.parametrize('args,msg', [
+    (['regime', 'evaluate', '--seeds', '5-1'], '5 is after 1'), (['regime', 'evaluate', '--seeds', '0-100000'], 'at most 1000'),
+    (['regime', 'evaluate', '--seeds', '1,,2'], 'bad --seeds'), (['regime', 'evaluate', '--bars', '-5'], '--bars'),
+    (['regime', 'evaluate', '--bars', '100'], 'at least 3000'), (['regime', 'evaluate', '--bars', 'lots'], 'not a number'),
+    (['regime', 'evaluate', '--bars', '1e12'], 'at most'), (['regime', 'BTC/USDT', '1h', '--out', '/'], 'is a folder')])
+def test_cli_bad_options_are_one_line(store, args, msg):
+    p = tbot(*args, check=False)
+    assert p.returncode == 2 and p.stderr.count('\n') == 1 and msg in p.stderr and 'Traceback' not in p.stderr, p.stderr
+
+def test_cli_out_needs_an_existing_folder_and_respects_the_umask(store, btc, tmp_path):
+    from tbot.data import Series, write_series
+    write_series(btc.loc['2023'], Series('binance', 'BTC/USDT', '1h'))
+    p = tbot('regime', 'BTC/USDT', '1h', '--out', str(tmp_path / 'nope' / 'r.csv'), check=False)
+    assert p.returncode == 2 and p.stderr.count('\n') == 1 and f"the folder {tmp_path / 'nope'} does not exist" in p.stderr, p.stderr
+    assert not (tmp_path / 'nope').exists()                          # no folder made without asking
+    for umask, mode in [(0o022, 0o644), (0o002, 0o664)]:
+        out = tmp_path / f'r{umask:o}.csv'
+        subprocess.run([TBOT, 'regime', 'BTC/USDT', '1h', '--out', str(out)], check=True, capture_output=True, timeout=600,
+                       preexec_fn=lambda: os.umask(umask))
+        assert out.stat().st_mode & 0o777 == mode, oct(out.stat().st_mode)
+        assert len(pd.read_csv(out)) == len(btc.loc['2023'])
+
+def test_cli_help_says_the_rules_were_tuned_on_seeds_0_to_23():
+    text = ' '.join(tbot('regime', 'evaluate', '--help').stdout.split())
+    assert 'tuned on 0-23' in text and 'tuned on 0-3)' not in text

@@ -1,5 +1,5 @@
 """`tbot report`: papermill runs of the run notebooks on real data, their artefacts, failures, secrets and batches on Dask."""
-import csv, hashlib, json, os, re, subprocess, sys
+import csv, hashlib, json, os, re, signal, socket, subprocess, sys, time
 from pathlib import Path
 import nbformat, pytest
 from nbformat.v4 import new_code_cell, new_notebook
@@ -17,9 +17,9 @@ def sha256(path): return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 def tiny_notebook(path, body=''):
     "A minimal run notebook: parameters x, fail, leak; records a metric; `body` runs before recording."
-    cells = [new_code_cell("x = 1        # a number\nfail = False # raise in the second cell\nleak = False # print a credential assembled at run time\noutput_dir = ''", metadata={'tags': ['parameters']}),
-             new_code_cell("import os\nfrom tbot import reports\nif fail: raise ValueError('boom on purpose')\n"
-                           "if leak: print('sk-live-' + 'A1B2C3D4E5')\n" + body +
+    cells = [new_code_cell("x = 1        # a number\nfail = False # raise in the second cell\nleak = False # print a credential assembled at run time\nsleep = 0.0  # seconds to wait first\noutput_dir = ''", metadata={'tags': ['parameters']}),
+             new_code_cell("import os, time\nfrom tbot import reports\ntime.sleep(sleep)\nif fail: raise ValueError('boom on purpose')\n"
+                           "if leak: print('sk-li' + 've-A1B2' + 'C3D4E5')\n" + body +  # no 8 characters in a row of it in the source
                            "\nreports.record(output_dir, title=f'tiny {x}', metrics={'headline': {'x': x, 'kernel_sees_secret': any('SECRET' in k for k in os.environ)}})")]
     nb = new_notebook(cells=cells, metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
     nbformat.write(nb, str(path))
@@ -62,12 +62,15 @@ def test_data_refresh_report_artefacts_manifest_and_index(btc_2023, store):
     index = (reports / 'index.html').read_text()
     assert f'{run.name}/data_refresh.html' in index and '8,759' in index
     assert not list(reports.glob('.running-*'))
+    mask = os.umask(0o022); os.umask(mask)
+    for f in [reports / 'index.html', *run.iterdir()]:  # readable by the web server like any file the user writes
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, (f.name, oct(f.stat().st_mode))
 
 @pytest.mark.slow
 def test_a_failing_notebook_fails_the_command_and_publishes_nothing(store, tmp_path):
     nb = tiny_notebook(tmp_path / 'tiny.ipynb')
     p = tbot('report', nb, '-p', 'fail', 'true')
-    assert p.returncode == 1 and 'FAILED' in p.stderr and 'boom on purpose' in p.stderr, p.stderr
+    assert p.returncode == 1 and 'FAILED' in p.stderr and 'boom on purpose' in p.stderr and 'Traceback' not in p.stderr, p.stderr
     reports = Path(os.environ['TBOT_REPORTS_DIR'])
     assert published(reports) == [] and not list(reports.glob('.running-*'))
     [failed] = list((reports / 'failed').iterdir())
@@ -106,20 +109,135 @@ def test_a_secret_in_the_output_is_never_published(store, tmp_path):
 
 @pytest.mark.slow
 def test_a_batch_on_a_local_cluster_reports_a_failed_run_and_finishes_the_rest(btc_2023, store):
-    # XRP/USDT is not in the store: that run fails, the BTC/USDT run still publishes
-    p = tbot('report', 'data_refresh', '-p', 'timeframes', '1h', '-p', 'fetch', 'false', '--grid', 'symbols=BTC/USDT,XRP/USDT', '--json')
+    # slow=2000 needs more bars of warm-up than January and February hold: that run fails in its kernel, the slow=26 run still publishes
+    p = tbot('report', 'backtest', '-p', 'symbols', 'BTC/USDT', '-p', 'start', '2023-01-01', '-p', 'end', '2023-02-28',
+             '--grid', 'params.slow=26,2000', '--json', timeout=600)
     assert p.returncode == 1, p.stderr
+    assert 'Traceback' not in p.stderr and 'CommClosedError' not in p.stderr, p.stderr  # the cluster shuts down quietly
     res = json.loads(p.stdout)
     assert (res['ok'], res['failed']) == (1, 1)
     by = {r['label']: r for r in res['runs']}
-    assert by['symbols=BTC/USDT']['status'] == 'ok' and by['symbols=BTC/USDT']['headline']['BTC/USDT 1h rows'] == 8759
-    assert by['symbols=XRP/USDT']['status'] == 'failed' and 'XRP/USDT 1h' in by['symbols=XRP/USDT']['error']
+    assert by['params.slow=26']['status'] == 'ok' and 'total_return' in by['params.slow=26']['headline']
+    assert by['params.slow=2000']['status'] == 'failed' and 'warm-up' in by['params.slow=2000']['error']
     reports = Path(os.environ['TBOT_REPORTS_DIR'])
     [run] = published(reports)
-    assert json.loads((run / 'manifest.json').read_text())['parameters']['symbols'] == 'BTC/USDT'
+    assert json.loads((run / 'manifest.json').read_text())['parameters']['params'] == {'slow': 26}
     rows = list(csv.DictReader(open(res['csv'])))
-    assert [(r['run'], r['status']) for r in rows] == [('symbols=BTC/USDT', 'ok'), ('symbols=XRP/USDT', 'failed')]
+    assert [(r['run'], r['status']) for r in rows] == [('params.slow=26', 'ok'), ('params.slow=2000', 'failed')]
     assert Path(res['summary']).name in (reports / 'index.html').read_text()
+    assert not list(reports.glob('.running-*'))
+
+def test_a_batch_with_one_bad_combination_is_refused_whole(btc_2023, store):
+    "XRP/USDT is not in the store: the batch stops before a cluster starts, and nothing is written."
+    p = tbot('report', 'data_refresh', '-p', 'timeframes', '1h', '-p', 'fetch', 'false', '--grid', 'symbols=BTC/USDT,XRP/USDT')
+    assert p.returncode == 2 and p.stderr.count('\n') == 1 and 'symbols=XRP/USDT: no XRP/USDT 1h candles' in p.stderr, p.stderr
+    assert not Path(os.environ['TBOT_REPORTS_DIR']).exists()
+
+@pytest.mark.parametrize('args, says', [
+    (['-p', 'strategy', 'ema_crss'], "-p strategy: unknown strategy 'ema_crss'"),
+    (['-p', 'fees', '-0.001'], '-p fees: -0.001 must be at least 0'),
+    (['-p', 'symbols', 'XRP/USDT'], 'no XRP/USDT 1h candles for binance'),
+    (['-p', 'timeframe', '7h'], 'no BTC/USDT 7h candles for binance'),
+    (['-p', 'start', '2023-02-30'], "-p start: '2023-02-30' is not a date"),
+    (['-p', 'end', 'yesterday-ish'], "-p end: 'yesterday-ish' is not a date"),
+    (['-p', 'start', '2023-06-01', '-p', 'end', '2023-05-01'], 'is after'),
+    (['-p', 'start', '2024-06-01'], 'no BTC/USDT 1h candles between 2024-06-01 00:00 and the end'),
+    (['-p', 'params.fast', '1'], 'fast=1 is out of range'),
+    (['-p', 'walk_forward', 'yes'], "-p walk_forward: 'yes' is not true or false"),
+    (['--timeout', '-1'], '--timeout: -1.0 must be greater than 0'),
+])
+def test_bad_values_are_refused_before_a_kernel_starts(btc_2023, store, args, says):
+    p = tbot('report', 'backtest', '-p', 'symbols', 'BTC/USDT', *args) if 'symbols' not in args else tbot('report', 'backtest', *args)
+    assert p.returncode == 2 and p.stderr.startswith('tbot: error: ') and p.stderr.count('\n') == 1 and says in p.stderr, p.stderr
+    assert not Path(os.environ['TBOT_REPORTS_DIR']).exists()  # no kernel, no reports/failed entry, no index
+
+def test_a_piece_of_a_secret_is_refused_and_the_error_never_shows_it(store, tmp_path):
+    key = 'FAKEk3y0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQR'
+    env = {'TBOT_BINANCE_API_KEY': key}
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    for args in (['-p', 'x', json.dumps(key[:12])], ['-p', 'x', json.dumps('note ' + key[30:40])], ['-p', key[5:15], '1'], ['--grid', f'x={key[:9]},2']):
+        p = tbot('report', nb, *args, env=env)
+        assert p.returncode == 2 and 'TBOT_BINANCE_API_KEY' in p.stderr and p.stderr.count('\n') == 1, (args, p.stderr)
+        assert not any(key[i:i + 8] in p.stderr for i in range(len(key) - 7)), p.stderr
+    p = tbot('report', 'backtest', '-p', 'end', key[:12], env=env)  # the case that was published: the date check must not echo it
+    assert p.returncode == 2 and key[:8] not in p.stderr, p.stderr
+    assert not Path(os.environ['TBOT_REPORTS_DIR']).exists()
+
+@pytest.mark.slow
+def test_a_run_that_prints_part_of_a_secret_is_withheld_everywhere(store, tmp_path):
+    secret = 'sk-live-A1B2C3D4E5F6G7H8J9'  # the notebook prints its first 18 characters, never the whole value
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    p = tbot('report', nb, '-p', 'leak', 'true', env={'TBOT_BINANCE_API_SECRET': secret})
+    assert p.returncode == 1 and 'TBOT_BINANCE_API_SECRET' in p.stderr and 'sk-live' not in p.stderr and 'Traceback' not in p.stderr, p.stderr
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    assert published(reports) == []
+    [failed] = list((reports / 'failed').iterdir())
+    assert [f.name for f in failed.iterdir()] == ['FAILED.txt']
+    assert not [f for f in reports.rglob('*') if f.is_file() and b'A1B2C3D4' in f.read_bytes()]  # not in FAILED.txt, the index or anywhere
+
+def _wait_for(cond, seconds=120):
+    for _ in range(int(seconds * 10)):
+        if cond(): return True
+        time.sleep(0.1)
+    return False
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_is_cleaned_up_by_the_next_run(store, tmp_path):
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    victim = subprocess.Popen([TBOT, 'report', nb, '-p', 'sleep', '120'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert _wait_for(lambda: list(reports.glob('.running-*/kernel-stderr.txt'))), 'the run never started'
+        [debris] = list(reports.glob('.running-*'))
+        assert debris.name.startswith(f'.running-{victim.pid}@')  # the owner's pid is in the name
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL); victim.wait()  # kill -9: the process and its kernel, no cleanup
+    assert debris.is_dir() and published(reports) == []        # never half-published
+    p = tbot('report', nb, '-p', 'x', '2')
+    assert p.returncode == 0, p.stderr
+    assert '1 run(s) killed mid-run moved to' in p.stderr and 'Traceback' not in p.stderr, p.stderr
+    assert not list(reports.glob('.running-*')) and len(published(reports)) == 1
+    [killed] = list((reports / 'failed').iterdir())
+    assert (killed / 'FAILED.txt').read_text().startswith(f"killed: the run's process (pid {victim.pid}) died")
+    assert 'killed: ' in (reports / 'index.html').read_text()
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_run_in_failed_marked_terminated(store, tmp_path):
+    import psutil
+    nb = tiny_notebook(tmp_path / 'tiny.ipynb')
+    reports = Path(os.environ['TBOT_REPORTS_DIR'])
+    run = subprocess.Popen([TBOT, 'report', nb, '-p', 'sleep', '120'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: list(reports.glob('.running-*/kernel-stderr.txt'))), 'the run never started'
+        kernels = psutil.Process(run.pid).children(recursive=True)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None: run.kill()
+    assert run.returncode == 143 and 'terminated' in err and 'Traceback' not in err, err
+    assert not list(reports.glob('.running-*')) and published(reports) == []
+    [failed] = list((reports / 'failed').iterdir())
+    assert (failed / 'FAILED.txt').read_text().startswith('terminated (SIGTERM)')
+    assert str(failed) in err
+    psutil.wait_procs(kernels, timeout=30)
+    assert not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]  # the kernel went too
+
+@pytest.mark.slow
+def test_walkforward_splits_init_cash_across_symbols_like_the_backtest(store, shared):
+    from tbot import backtest as bt
+    from tbot import data
+    from tbot.reports import jsonable
+    for s in ('BTC/USDT', 'ETH/USDT'):
+        data.write_series(data.read_candle_file(shared / f"{s.replace('/', '_')}-1h.feather").loc['2023'], data.Series('binance', s, '1h'))
+    grid = {'fast': [12, 24], 'slow': [48]}
+    p = tbot('report', 'walkforward', '-p', 'symbols', 'BTC/USDT,ETH/USDT', '-p', 'init_cash', '1000', '-p', 'grid', json.dumps(grid),
+             '-p', 'train', '120D', '-p', 'test', '60D', '--json', timeout=600)
+    assert p.returncode == 0, p.stderr
+    run = Path(json.loads(p.stdout)['folder'])
+    m = json.loads((run / 'metrics.json').read_text())
+    direct = bt.walk_forward(data.load('ETH/USDT', '1h'), 'ema_cross', grid, train='120D', test='60D', init_cash=500)
+    assert m['per_symbol']['ETH/USDT']['out_of_sample'] == jsonable(dict(direct.oos.stats))  # each symbol trades half of 1000
+    assert m['assumptions']['init_cash'] == 1000 and m['assumptions']['init_cash_per_symbol'] == 500
 
 def test_bad_grid_is_one_line(store):
     for grid in ('symbols', 'symbols=', 'nope=1,2'):
@@ -178,4 +296,4 @@ def test_agent_report_with_bots_on_their_own_timeframes(store, shared):
     assert metrics['stats'] == jsonable(dict(direct.stats))
     assert 'core 1h, scalping 5m, risk 1h' in m['summary']
     bad = tbot('report', 'backtest', '-p', 'strategy', 'ema_cross', '-p', 'bot_timeframes', 'true', '-p', 'symbols', 'BTC/USDT')
-    assert bad.returncode != 0
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and "for strategy 'agent' only" in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr

@@ -46,6 +46,10 @@ def test_bad_parameters(frames):
     with pytest.raises(TbotError, match="unknown parameter 'fats'"): s.signals(frames['1h'], fats=3)
     with pytest.raises(TbotError, match='out of range'): s.signals(frames['1h'], slow=1)
     with pytest.raises(TbotError, match='whole number'): s.signals(frames['1h'], fast=2.5)
+    with pytest.raises(TbotError, match=r"fast=nan is not finite"): s.signals(frames['1h'], fast=float('nan'))
+    with pytest.raises(TbotError, match=r"fast=inf is not finite"): s.signals(frames['1h'], fast=float('inf'))
+    with pytest.raises(TbotError, match=r"slow='abc' is not a number"): s.signals(frames['1h'], slow='abc')
+    with pytest.raises(TbotError, match=r"slow=\[5\] is not a number"): s.signals(frames['1h'], slow=[5])
     with pytest.raises(TbotError, match='too little data'): s.signals(frames['1h'].iloc[:100], slow=200)
     with pytest.raises(TbotError, match="unknown strategy"): get_strategy('ema_crossover')
     with pytest.raises(TbotError, match='missing prices'):
@@ -70,3 +74,8 @@ def test_cli_strategies_lists_params():
     assert rows['ema_cross']['params']['fast'] == {'default': 12, 'low': 2, 'high': 500, 'doc': 'fast EMA span'}
     human = subprocess.run([str(TBOT), 'strategies', '--family', 'stat_arb'], capture_output=True, text=True, timeout=120)
     assert human.returncode == 0 and 'pair_zscore_ls' in human.stdout and 'ema_cross' not in human.stdout
+
+@pytest.mark.parametrize('args', [['--family', 'nope'], ['--bogus'], ['extra']])
+def test_cli_strategies_bad_input_is_one_line(args):
+    out = subprocess.run([str(TBOT), 'strategies', *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and 'error' in out.stderr and out.stdout == '', out.stderr
