@@ -180,7 +180,9 @@ class Settings:
 
     def _dir(self, key, env_key):
         p = Path(self.env.get(env_key) or self.get('paths', key))
-        return p if p.is_absolute() else self.root/p
+        p = p if p.is_absolute() else self.root/p
+        if p.exists() and not p.is_dir(): raise TbotError(f"{env_key} or [paths] {key}: {p} is a file, not a folder")
+        return p
 
     @property
     def data_dir(self)->Path:
