@@ -181,7 +181,8 @@ class Settings:
     def _dir(self, key, env_key):
         p = Path(self.env.get(env_key) or self.get('paths', key))
         p = p if p.is_absolute() else self.root/p
-        if p.exists() and not p.is_dir(): raise TbotError(f"{env_key} or [paths] {key}: {p} is a file, not a folder")
+        what = 'store' if key == 'data_dir' else key.replace('_dir', ' folder')
+        if p.exists() and not p.is_dir(): raise TbotError(f"the {what} {p} is a file, not a folder (set {env_key} or [paths] {key} to a folder)")
         return p
 
     @property
