@@ -8,13 +8,14 @@ Docs: https://tbot-dev.github.io/tbot/config.html.md"""
 from __future__ import annotations
 import configparser, math, os, re, tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['SHIPPED', 'TbotError', 'parse_time', 'check_period', 'parse_duration', 'check_number', 'atomic_write', 'shipped_path',
-           'default_settings_file', 'find_settings_file', 'Settings', 'settings', 'sample_data', 'Secret',
-           'read_dotenv', 'api_credentials', 'config_info', 'version_text', 'cli_config']
+__all__ = ['SHIPPED', 'FILLS', 'TbotError', 'parse_time', 'check_period', 'parse_duration', 'check_number', 'atomic_write',
+           'shipped_path', 'default_settings_file', 'find_settings_file', 'Settings', 'settings', 'Costs', 'costs',
+           'sample_data', 'Secret', 'read_dotenv', 'api_credentials', 'config_info', 'version_text', 'cli_config']
 
 # %% ../nbs/00_config.ipynb #2fa8de1c
 class TbotError(Exception):
@@ -201,6 +202,30 @@ class Settings:
 def settings()->Settings:
     "The settings in force now (re-read on every call, so environment changes take effect)."
     return Settings()
+
+# %% ../nbs/00_config.ipynb #e5edb915
+FILLS = ('next_open', 'close')  # fill at the next bar's open (honest), or at the signal bar's close (optimistic)
+
+@dataclass(frozen=True)
+class Costs:
+    "The cost assumptions of every simulated fill."
+    fees:float = 0.001        # fraction of notional per fill (0.001 = 0.1%, Binance spot taker)
+    slippage:float = 0.0005   # fraction of price, against every fill
+    fill:str = 'next_open'    # one of FILLS
+    init_cash:float = 1000.0  # starting capital in the quote currency
+
+def costs(
+    fees=None, slippage=None, fill=None, init_cash=None, # overrides; `[backtest]` of the settings when None
+    s:Settings|None=None,     # settings; `settings()` when None
+)->Costs:                     # checked: finite fees and slippage in [0, 0.1), a known fill, positive cash
+    "The costs in force: arguments, else `settings.ini [backtest]`, checked in one place."
+    s = s or (settings() if None in (fees, slippage, fill, init_cash) else None)
+    given = lambda v, k: (v, f'--{k.replace("_", "-")}') if v is not None else (s.get('backtest', k), f'settings [backtest] {k}')
+    fees, slip = (check_number(*given(v, k), lo=0, hi=0.0999999) for v, k in ((fees, 'fees'), (slippage, 'slippage')))
+    cash = check_number(*given(init_cash, 'init_cash'), lo=0, lo_open=True, hi=1e15)
+    fill = s.get('backtest', 'fill') if fill is None else fill
+    if fill not in FILLS: raise TbotError(f"fill={fill!r} is not one of {', '.join(FILLS)}")
+    return Costs(float(fees), float(slip), fill, float(cash))
 
 # %% ../nbs/00_config.ipynb #970fa49d
 _CANDLE_EXT = ('feather', 'parquet', 'json', 'json.gz')

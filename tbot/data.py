@@ -14,10 +14,10 @@ import pyarrow as pa, pyarrow.parquet as pq
 from .config import TbotError, atomic_write, check_number, parse_time, settings
 
 # %% auto #0
-__all__ = ['OHLCV', 'REGIMES', 'timeframe_delta', 'store_root', 'Series', 'parse_filename', 'bad_bars', 'validate_candles',
-           'read_candle_file', 'write_series', 'read_series', 'merge_candles', 'disagreements', 'clean_debris',
-           'stored_series', 'load', 'import_dir', 'quality_report', 'resample', 'make_exchange', 'call_with_retries',
-           'fetch_series', 'fetch', 'synthetic', 'store_synthetic', 'cli_data']
+__all__ = ['OHLCV', 'REGIMES', 'timeframe_delta', 'bars_per_year', 'store_root', 'Series', 'parse_filename', 'bad_bars',
+           'validate_candles', 'read_candle_file', 'write_series', 'read_series', 'merge_candles', 'disagreements',
+           'clean_debris', 'stored_series', 'load', 'import_dir', 'quality_report', 'resample', 'make_exchange',
+           'call_with_retries', 'fetch_series', 'fetch', 'synthetic', 'store_synthetic', 'cli_data']
 
 # %% ../nbs/01_data.ipynb #a83720af
 OHLCV = ['open', 'high', 'low', 'close', 'volume']
@@ -31,6 +31,15 @@ def timeframe_delta(
     m = _TF_RE.match(str(timeframe))
     if not m or int(m.group(1)) == 0: raise TbotError(f"unknown timeframe {timeframe!r} (expected e.g. 1m, 5m, 1h, 4h, 1d, 1w)")
     return pd.Timedelta(seconds=int(m.group(1)) * _TF_SECONDS[m.group(2)])
+
+# %% ../nbs/01_data.ipynb #74d7aec6
+def bars_per_year(
+    index, # bar open times (a DatetimeIndex), or a timeframe ('1h')
+)->float:  # how many such bars make a 365-day year (crypto trades every day)
+    "The annualisation factor: bars per year at the typical spacing of `index`, or of one `timeframe`."
+    if isinstance(index, str): return pd.Timedelta(days=365) / timeframe_delta(index)
+    if len(index) < 2: raise TbotError("need at least two bars to know the timeframe")
+    return pd.Timedelta(days=365) / pd.Timedelta(int(np.median(np.diff(index.as_unit('ns').asi8))))
 
 # %% ../nbs/01_data.ipynb #283dae1a
 _SYM_RE = re.compile(r'^([A-Z0-9]+)/([A-Z0-9]+)(?::([A-Z0-9]+))?$')
