@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import vectorbt as vbt
 from tbot.data import read_candle_file
-from tbot import agent
+from tbot import agent, portfolio
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'binance'
 data = {s: read_candle_file(SHARED / f"{s.replace('/', '_')}-1h.feather") for s in ('BTC/USDT', 'ETH/USDT')}
@@ -18,10 +18,10 @@ def best(fn, n=3):
         t = time.perf_counter(); out = fn(); ts.append(time.perf_counter() - t)
     return min(ts), out
 
-t0 = time.perf_counter(); agent.backtest(data); first = time.perf_counter() - t0
+t0 = time.perf_counter(); portfolio.backtest_agent(data); first = time.perf_counter() - t0
 t_plan, p = best(lambda: agent.plan(data))
-t_bt, r = best(lambda: agent.backtest(data, p=p))
-t_all, _ = best(lambda: agent.backtest(data))
+t_bt, r = best(lambda: portfolio.backtest_agent(data, p=p))
+t_all, _ = best(lambda: portfolio.backtest_agent(data))
 close = pd.DataFrame({s: d['close'] for s, d in data.items()}); opn = pd.DataFrame({s: d['open'] for s, d in data.items()})
 size = p.target.shift(1)
 t_vbt, pf = best(lambda: vbt.Portfolio.from_orders(close, size=size, size_type='targetpercent', price=opn, fees=0.001, slippage=0.0005,

@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit, prange
 from tbot.data import read_candle_file
 from tbot import indicators as ind
-from tbot.backtest import backtest, sweep
+from tbot.backtest import backtest
+from tbot.sweep import sweep
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'binance'
 btc = read_candle_file(SHARED / 'BTC_USDT-1h.feather')

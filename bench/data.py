@@ -25,3 +25,20 @@ print(f"load BTC/USDT 1h (73,265 rows):           {load*1000:8.1f} ms   (pandas 
 print(f"load one year slice:                      {load_slice*1000:8.1f} ms")
 print(f"load + quality report:                    {check*1000:8.1f} ms")
 shutil.rmtree(store)
+
+# Fetch: the whole BTC/USDT 5m history through ccxt's binance class and the exchange layer, from the fake Binance on 127.0.0.1.
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+from fake_binance import FakeBinance
+from tbot.exchange import Exchange, connect
+from tbot.fetch import fetch
+btc5m = data.read_candle_file(SHARED / 'BTC_USDT-5m.feather')
+store = Path(tempfile.mkdtemp())
+with FakeBinance({('BTCUSDT', '5m'): btc5m}) as fake:
+    t = time.perf_counter()
+    fetch(['BTC/USDT'], ['5m'], since=btc5m.index[0], data_dir=store, progress=False,
+          ex=Exchange(connect(urls=fake.url, timeout=10, rateLimit=1, credentials=False)))
+    t_fetch = time.perf_counter() - t
+assert len(data.load('BTC/USDT', '5m', 'binance', data_dir=store)) == len(btc5m)
+print(f"fetch BTC/USDT 5m ({len(btc5m):,} rows, pages of 1000, local fake): {t_fetch:6.2f} s")
+shutil.rmtree(store)

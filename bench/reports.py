@@ -35,9 +35,9 @@ t0 = time.perf_counter(); subprocess.run([sys.executable, '-c', cold_code], chec
 
 tiny = tmp / 'tiny.ipynb'
 nbformat.write(new_notebook(cells=[new_code_cell("output_dir = ''", metadata={'tags': ['parameters']}),
-                                   new_code_cell("from tbot import reports\nreports.record(output_dir, metrics={'headline': {'ok': True}})")],
+                                   new_code_cell("from tbot import runkit\nrunkit.record(output_dir, metrics={'headline': {'ok': True}})")],
                             metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}), str(tiny))
-reports.run_report(str(tiny))  # warm the parent process (papermill, nbformat, nbconvert imports)
+assert reports.run_report(str(tiny))['status'] == 'ok'  # warm the parent process (papermill, nbformat, nbconvert imports)
 t0 = time.perf_counter(); reports.run_report(str(tiny)); t_tiny = time.perf_counter() - t0
 
 runs = []

@@ -6,16 +6,17 @@ Docs: https://tbot-dev.github.io/tbot/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #4b59e1d0
 from __future__ import annotations
-import configparser, math, os, re, tempfile
+import configparser, importlib.util, math, os, re, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
+from . import __version__
 
 # %% auto #0
 __all__ = ['SHIPPED', 'FILLS', 'TbotError', 'parse_time', 'check_period', 'parse_duration', 'check_number', 'atomic_write',
            'shipped_path', 'default_settings_file', 'find_settings_file', 'Settings', 'settings', 'Costs', 'costs',
-           'sample_data', 'Secret', 'read_dotenv', 'api_credentials', 'config_info', 'version_text', 'cli_config']
+           'sample_data', 'Secret', 'read_dotenv', 'api_credentials', 'runs_dir', 'config_info', 'version_text']
 
 # %% ../nbs/00_config.ipynb #2fa8de1c
 class TbotError(Exception):
@@ -108,8 +109,7 @@ def shipped_path(
     name:str, # a key of `SHIPPED`: 'runs' or 'defaults/settings.ini'
 )->Path:      # `tbot/<name>` in an installed package, else its source in the checkout tbot was imported from
     "A file or folder that ships inside the tbot package: the run notebooks and the default settings."
-    import tbot
-    pkg = Path(tbot.__file__).resolve().parent
+    pkg = Path(importlib.util.find_spec('tbot').origin).resolve().parent
     return pkg/name if (pkg/name).exists() else pkg.parent/SHIPPED[name]
 
 def default_settings_file()->Path:
@@ -290,10 +290,15 @@ def api_credentials(
     return out
 
 # %% ../nbs/00_config.ipynb #f05e6735
+def runs_dir()->Path:
+    "Where the run notebooks live: `$TBOT_RUNS_DIR`, else `nbs/runs` beside your settings.ini, else the ones shipped in the package."
+    if os.environ.get('TBOT_RUNS_DIR'): return Path(os.environ['TBOT_RUNS_DIR'])
+    for d in (settings().root/'nbs'/'runs', shipped_path('runs')):
+        if d.is_dir(): return d
+    raise TbotError(f"the run notebooks are missing ({shipped_path('runs')}); reinstall tbot or set TBOT_RUNS_DIR")
+
 def config_info()->dict:
     "The version, the settings files in force and where tbot keeps its state."
-    from tbot import __version__
-    from tbot.reports import runs_dir
     s = settings()
     return {'version': __version__, 'settings': str(s.path) if s.path else None, 'defaults': str(s.defaults),
             'root': str(s.root), 'data_dir': str(s.data_dir), 'ledger': str(s.data_dir/'ledger.sqlite'),
@@ -302,20 +307,7 @@ def config_info()->dict:
 
 def version_text()->str:
     "What `tbot --version` prints: the version and the settings file in use."
-    from tbot import __version__
     try: s = settings(); where = str(s.path) if s.path else f'none found; tbot defaults ({s.defaults})'
     except TbotError as e: where = str(e)
     return f'tbot {__version__}\nsettings: {where}'
 
-def cli_config(argv:list[str], prog:str='tbot config')->int:
-    "The `tbot config` command."
-    from tbot.cli import ArgParser, emit
-    p = ArgParser(prog=prog, description='Which settings file is in force, and where the store, the ledger, the reports and the run notebooks are.')
-    p.add_argument('--json', action='store_true', help='print JSON')
-    a = p.parse_args(argv)
-    def human(o):
-        w = max(map(len, o))
-        val = lambda k, v: (v if v is not None else 'none found: tbot defaults only') if k == 'settings' else (', '.join(v) or '(none)') if k == 'overrides' else v
-        return '\n'.join(f'{k.ljust(w)}  {val(k, v)}' for k, v in o.items())
-    emit(config_info(), a.json, human)
-    return 0

@@ -1,4 +1,4 @@
-"""Candles you can trust: fetch through ccxt, import freqtrade files, store atomically as parquet, load, resample, check quality, and make synthetic markets with known regimes.
+"""Candles you can trust: import freqtrade files, store atomically as parquet, load, resample, check quality, and make synthetic markets with known regimes.
 
 Docs: https://tbot-dev.github.io/tbot/data.html.md"""
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 import pyarrow as pa, pyarrow.parquet as pq
-from .config import TbotError, atomic_write, check_number, parse_time, settings
+from .config import TbotError, atomic_write, parse_time, settings
 
 # %% auto #0
 __all__ = ['OHLCV', 'REGIMES', 'timeframe_delta', 'bars_per_year', 'store_root', 'Series', 'parse_filename', 'bad_bars',
            'validate_candles', 'read_candle_file', 'write_series', 'read_series', 'merge_candles', 'disagreements',
-           'clean_debris', 'stored_series', 'load', 'import_dir', 'quality_report', 'resample', 'make_exchange',
-           'call_with_retries', 'fetch_series', 'fetch', 'synthetic', 'store_synthetic', 'cli_data']
+           'clean_debris', 'clean_store', 'stored_series', 'load', 'import_dir', 'quality_report', 'resample',
+           'synthetic', 'inventory', 'store_synthetic']
 
 # %% ../nbs/01_data.ipynb #a83720af
 OHLCV = ['open', 'high', 'low', 'close', 'volume']
@@ -277,10 +277,13 @@ def clean_debris(
             p.unlink(missing_ok=True); gone.append(p)
     return gone
 
-def _clean_store(folder:Path):
-    "Clean `folder` before writing to it, and say so on stderr when there was debris."
+def clean_store(
+    folder:str|Path, # a store folder about to be written, e.g. data/binance
+)->list[Path]:     # the files removed
+    "Clean `folder` before writing to it (`clean_debris`), and say so in one line on stderr when there was debris."
     gone = clean_debris(folder)
     if gone: print(f"tbot: removed {len(gone)} temporary file{'s' if len(gone) > 1 else ''} left in {folder} by interrupted writes", file=sys.stderr)
+    return gone
 
 # %% ../nbs/01_data.ipynb #2d595d10
 def stored_series(
@@ -310,18 +313,9 @@ def load(
     df = read_series(path)
     if start is not None or end is not None:
         attrs = df.attrs
-        df = df.loc[_utc(start) if start is not None else None:_end_of(end) if end is not None else None]
+        df = df.loc[parse_time(start, 'start') if start is not None else None:parse_time(end, 'end', end_of_day=True) if end is not None else None]
         df.attrs = attrs
     return df
-
-def _utc(t)->pd.Timestamp:
-    t = pd.Timestamp(t)
-    return t.tz_localize('UTC') if t.tzinfo is None else t.tz_convert('UTC')
-
-def _end_of(t)->pd.Timestamp:
-    "An inclusive end: a bare date ('2022-12-31') means the whole of that day."
-    if isinstance(t, str) and re.fullmatch(r'\d{4}-\d{2}-\d{2}', t.strip()): return _utc(t) + pd.Timedelta(days=1) - pd.Timedelta(1, 'ns')
-    return _utc(t)
 
 # %% ../nbs/01_data.ipynb #68bb403f
 def import_dir(
@@ -358,7 +352,7 @@ def import_dir(
             raise TbotError(f"{f.name}: {len(clash)} bars disagree with the stored {s.exchange} {s.symbol} {s.timeframe} (first {t}: {c} "
                             f"{df.at[t, c]:g} in the file, {old.at[t, c]:g} stored); nothing imported")
         plan.append((s, f, df, old, merge_candles(old, df)))
-    _clean_store(folder)
+    clean_store(folder)
     for s, f, df, old, merged in plan:
         write_series(merged, s, data_dir)
         report.append({'file': f.name, 'exchange': ex, 'symbol': s.symbol, 'timeframe': s.timeframe, 'rows': len(df),
@@ -408,143 +402,6 @@ def resample(
     out.attrs = {**df.attrs, 'timeframe': timeframe}
     return out
 
-# %% ../nbs/01_data.ipynb #1b7cc5e1
-_RETRYABLE = ('RequestTimeout', 'DDoSProtection', 'RateLimitExceeded', 'ExchangeNotAvailable', 'OnMaintenance')
-
-class _Malformed(Exception): "The exchange answered, but not with candles."
-
-def make_exchange(
-    exchange_id:str,        # ccxt id, e.g. 'binance'
-    timeout:float|None=None, # seconds per request; settings' [exchange] timeout when None
-    **config,               # more ccxt options
-):
-    "A ccxt exchange with rate limiting on, or a one-line error for an unknown id."
-    import ccxt
-    if exchange_id not in ccxt.exchanges: raise TbotError(f"unknown exchange {exchange_id!r} (not a ccxt exchange id)")
-    timeout = timeout or settings().getfloat('exchange', 'timeout')
-    return getattr(ccxt, exchange_id)({'enableRateLimit': True, 'timeout': int(timeout * 1000), **config})
-
-# %% ../nbs/01_data.ipynb #f08a0668
-def _short(e)->str: return (str(e).splitlines() or [''])[0][:200]
-
-def call_with_retries(
-    fn,                     # the ccxt call
-    *args,
-    what:str='request',     # how to name it in an error
-    retries:int=5,          # attempts for retryable failures
-    delay:float=1.0,        # seconds before the first retry, doubled each time
-    retry_network:bool=True, # retry plain connection errors too (False for the first contact)
-    sleep=time.sleep,       # for tests
-    **kwargs,
-):
-    "Call `fn`, retrying timeouts, rate limits, 5xx, dropped connections and malformed answers with backoff; anything else becomes a `TbotError`."
-    import ccxt
-    transient = tuple(getattr(ccxt, n) for n in _RETRYABLE)
-    for attempt in range(1, retries + 1):
-        try: return fn(*args, **kwargs)
-        except _Malformed as e: err = e
-        except transient as e: err = e
-        except ccxt.NetworkError as e:  # could not connect at all
-            if not retry_network: raise TbotError(f"{what}: cannot reach the exchange (no network?): {_short(e)}") from None
-            err = e
-        except ccxt.OperationFailed as e: err = e  # the exchange says it failed and may succeed if retried
-        except ccxt.BaseError as e: raise TbotError(f"{what}: {type(e).__name__}: {_short(e)}") from None
-        if attempt < retries: sleep(delay * 2 ** (attempt - 1))
-    raise TbotError(f"{what}: gave up after {retries} attempts ({type(err).__name__}: {_short(err)})")
-
-# %% ../nbs/01_data.ipynb #d7259960
-def _candle_rows(rows)->list:
-    "Check that a page is a list of [ms, o, h, l, c, v] rows."
-    if not isinstance(rows, list) or any(not isinstance(r, (list, tuple)) or len(r) < 6 or not isinstance(r[0], (int, float)) for r in rows):
-        raise _Malformed(f"expected a list of candles, got {str(rows)[:80]!r}")
-    return rows
-
-def _page(ex, series, since, limit)->list:
-    "One page of candles; ccxt turns a body that is not JSON into [], so check the raw answer too."
-    ex.enableLastJsonResponse, ex.last_json_response = True, None
-    rows = ex.fetch_ohlcv(series.symbol, series.timeframe, since=since, limit=limit)
-    if ex.last_json_response is None: raise _Malformed(f"not JSON: {str(ex.last_http_response)[:60]!r}")
-    return _candle_rows(rows)
-
-def _rows_frame(rows)->pd.DataFrame:
-    arr = np.array([r[:6] for r in rows], dtype='float64').reshape(-1, 6)
-    return pd.DataFrame(arr[:, 1:], columns=OHLCV, index=pd.DatetimeIndex(pd.to_datetime(arr[:, 0].astype('int64'), unit='ms', utc=True), name='date'))
-
-# %% ../nbs/01_data.ipynb #367bdcbd
-def fetch_series(
-    ex,                     # a ccxt exchange with markets loaded
-    series:Series,          # what to fetch
-    since=None,             # first candle when the store has none (UTC)
-    data_dir=None,          # the store
-    limit:int=1000,         # candles per request
-    flush_every:int=10,     # pages between saves
-    progress:bool=True,     # show a progress bar
-    **retry,                # retries, delay, sleep: passed to `call_with_retries`
-)->dict:                    # symbol, timeframe, added, rows, first, last
-    "Fetch one series from `since` (or the last stored candle) up to the last closed candle."
-    from tqdm.auto import tqdm
-    step = int(timeframe_delta(series.timeframe).total_seconds() * 1000)
-    path = series.path(data_dir)
-    stored = read_series(path) if path.exists() else None
-    if stored is not None and len(stored): cursor = stored.index[-1].value // 10**6 + step
-    else: cursor = _utc(since or settings().get('exchange', 'since')).value // 10**6
-    cursor = -(-cursor // step) * step  # first open time on the grid
-    now = ex.milliseconds()
-    pending, added = [], 0
-    bar = tqdm(total=max(0, (now - cursor) // step), disable=not progress, unit='bar', desc=f'{series.symbol} {series.timeframe}', leave=False)
-    def flush():
-        nonlocal stored, pending, added
-        if not pending: return
-        new = _rows_frame(pending)
-        merged = merge_candles(stored, new)
-        write_series(merged, series, data_dir)
-        added += len(merged) - (0 if stored is None else len(stored)); stored, pending = merged, []
-    try:
-        pages = 0
-        while cursor + step <= now:
-            rows = call_with_retries(_page, ex, series, cursor, limit, what=f'{ex.id} {series.symbol} {series.timeframe}', **retry)
-            if not rows: break
-            closed = [r for r in rows if r[0] >= cursor and r[0] + step <= now]  # never store the still-open candle
-            pending += closed; bar.update(len(closed))
-            if rows[-1][0] < cursor: break  # the exchange is not moving forward
-            cursor = int(rows[-1][0]) + step; pages += 1
-            if pages % flush_every == 0: flush()
-    finally:
-        flush(); bar.close()
-    rows_now = 0 if stored is None else len(stored)
-    return {'exchange': series.exchange, 'symbol': series.symbol, 'timeframe': series.timeframe, 'added': added, 'rows': rows_now,
-            'first': str(stored.index[0]) if rows_now else None, 'last': str(stored.index[-1]) if rows_now else None}
-
-# %% ../nbs/01_data.ipynb #5b34c38d
-def fetch(
-    symbols:list[str]|None=None,    # e.g. ['BTC/USDT']; settings' symbols when None
-    timeframes:list[str]|None=None, # e.g. ['1h']; settings' timeframes when None
-    since=None,                     # first candle for an empty store; settings' since when None
-    exchange:str|None=None,         # ccxt id; settings' exchange when None
-    data_dir=None,                  # the store
-    client=None,                    # a ready ccxt exchange (tests point its URLs at a local server)
-    progress:bool=True,             # show progress bars
-    **kw,                           # passed to `fetch_series`
-)->list[dict]:                      # one summary per series
-    "Fetch and store candles for every symbol and timeframe, resuming where the store ends."
-    s = settings()
-    symbols = symbols or s.getlist('exchange', 'symbols')
-    timeframes = timeframes or s.getlist('exchange', 'timeframes')
-    since = parse_time(since, '--since') if since is not None else parse_time(s.get('exchange', 'since'), 'settings [exchange] since')
-    if since > pd.Timestamp.now(tz='UTC'): raise TbotError(f"--since {since:%Y-%m-%d %H:%M} is in the future")
-    ex_id = client.id if client is not None else exchange or s.get('exchange', 'id')
-    todo = [Series(ex_id, sym, tf) for sym in symbols for tf in timeframes]  # bad symbols and timeframes fail before any request
-    folder = store_root(data_dir)/ex_id
-    ex = client or make_exchange(ex_id)
-    retry = {'retries': s.getint('exchange', 'retries'), 'delay': s.getfloat('exchange', 'retry_delay'), **{k: kw.pop(k) for k in ('retries', 'delay', 'sleep') if k in kw}}
-    call_with_retries(ex.load_markets, what=f'{ex.id} markets', retry_network=False, **retry)
-    for sym in symbols:
-        if sym not in ex.markets: raise TbotError(f"{ex.id} has no symbol {sym!r}")
-    for tf in timeframes:
-        if ex.timeframes and tf not in ex.timeframes: raise TbotError(f"{ex.id} has no timeframe {tf!r} (it has {', '.join(ex.timeframes)})")
-    _clean_store(folder)
-    return [fetch_series(ex, series, since, data_dir, progress=progress, **kw, **retry) for series in todo]
-
 # %% ../nbs/01_data.ipynb #7153328a
 REGIMES = ['bull', 'bear', 'sideways', 'volatile']
 _REGIME_PARAMS = {  # per-bar log drift and volatility, scaled to 1h bars
@@ -588,7 +445,10 @@ def synthetic(
     return df
 
 # %% ../nbs/01_data.ipynb #3107497e
-def _series_rows(data_dir=None)->list[dict]:
+def inventory(
+    data_dir:str|Path|None=None, # the store; settings' data_dir when None
+)->list[dict]:                   # exchange, symbol, timeframe, first, last, rows, missing_bars, synthetic
+    "One row per stored series: what `tbot data list` shows."
     rows = []
     for s, p in stored_series(data_dir):
         df = read_series(p); q = quality_report(df, s.timeframe)
@@ -603,53 +463,5 @@ def store_synthetic(
     series = Series('synthetic', symbol, timeframe)
     folder = store_root(data_dir)/series.exchange
     df = synthetic(n, timeframe, seed=seed)
-    _clean_store(folder)
+    clean_store(folder)
     return write_series(df, series, data_dir)
-
-# %% ../nbs/01_data.ipynb #98dd4998
-def cli_data(argv:list[str], prog:str='tbot data')->int:
-    "The `tbot data` command."
-    from tbot.cli import emit, table, ArgParser
-    s = settings()
-    p = ArgParser(prog=prog, description='Fetch, import, list, check and synthesise candles.')
-    sub = p.add_subparsers(dest='cmd', required=True, parser_class=ArgParser)
-    f = sub.add_parser('fetch', help='fetch candles through ccxt, resuming where the store ends')
-    f.add_argument('--exchange', default=s.get('exchange', 'id'), help='ccxt exchange id')
-    f.add_argument('--symbols', default=','.join(s.getlist('exchange', 'symbols')), help='comma-separated, e.g. BTC/USDT,ETH/USDT')
-    f.add_argument('--timeframes', default=','.join(s.getlist('exchange', 'timeframes')), help='comma-separated, e.g. 1h,5m')
-    f.add_argument('--since', default=s.get('exchange', 'since'), help='first candle for an empty store (UTC date)')
-    f.add_argument('--json', action='store_true', help='print JSON')
-    i = sub.add_parser('import', help='import a freqtrade data folder (feather, json, json.gz)')
-    i.add_argument('dir', help='e.g. user_data/data/binance')
-    i.add_argument('--exchange', help='ccxt id when the folder name is not one')
-    i.add_argument('--json', action='store_true', help='print JSON')
-    l = sub.add_parser('list', help='the inventory: one row per stored series')
-    l.add_argument('--json', action='store_true', help='print JSON')
-    c = sub.add_parser('check', help='the quality report of one series')
-    c.add_argument('symbol'); c.add_argument('timeframe')
-    c.add_argument('--exchange', default=s.get('exchange', 'id'), help='ccxt id')
-    c.add_argument('--json', action='store_true', help='print JSON')
-    y = sub.add_parser('synth', help='store a synthetic regime-switching market (exchange "synthetic")')
-    y.add_argument('--symbol', default='SYN/USDT'); y.add_argument('--timeframe', default='1h')
-    y.add_argument('--bars', default='20000', help='number of candles'); y.add_argument('--seed', default='0', help='random seed (0 or more)')
-    y.add_argument('--json', action='store_true', help='print JSON')
-    a = p.parse_args(argv)
-    if a.cmd == 'fetch':
-        res = fetch(a.symbols.split(','), a.timeframes.split(','), a.since, a.exchange, progress=not a.json)
-        emit(res, a.json, lambda r: table(r))
-    elif a.cmd == 'import':
-        res = import_dir(a.dir, a.exchange)
-        emit(res, a.json, lambda r: table(r))
-    elif a.cmd == 'list':
-        emit(_series_rows(), a.json, lambda r: table(r) if r else f'the store {s.data_dir} is empty')
-    elif a.cmd == 'check':
-        df = load(a.symbol, a.timeframe, a.exchange)
-        q = {'exchange': a.exchange, 'symbol': a.symbol, 'timeframe': a.timeframe, **quality_report(df, a.timeframe)}
-        emit(q, a.json, lambda r: table([{'key': k, 'value': v} for k, v in r.items()]))
-    elif a.cmd == 'synth':
-        bars = check_number(a.bars, '--bars', lo=1, hi=10_000_000, integer=True)
-        seed = check_number(a.seed, '--seed', lo=0, hi=2**32 - 1, integer=True)
-        path = store_synthetic(a.symbol, a.timeframe, bars, seed)
-        emit({'path': str(path), 'symbol': a.symbol, 'timeframe': a.timeframe, 'rows': bars, 'synthetic': True}, a.json,
-             lambda r: f"SYNTHETIC market (not real data): {r['rows']} {r['timeframe']} bars written to {r['path']}")
-    return 0

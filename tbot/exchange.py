@@ -121,37 +121,42 @@ class Market:
                    fnum(pp, 'bidMultiplierUp'), fnum(pp, 'bidMultiplierDown'), fnum(pp, 'askMultiplierUp'), fnum(pp, 'askMultiplierDown'),
                    m.get('active') is not False)
 
-    def floor_amount(self, amount:float)->float:
-        "`amount` rounded down to the amount step (never up: that could spend more than there is)."
-        s = _dec(self.amount_step)
-        return float((_dec(amount) / s).to_integral_value(ROUND_DOWN) * s)
+# %% ../nbs/11_exchange.ipynb #b4e5878a
+@patch
+def floor_amount(self:Market, amount:float)->float:
+    "`amount` rounded down to the amount step (never up: that could spend more than there is)."
+    s = _dec(self.amount_step)
+    return float((_dec(amount) / s).to_integral_value(ROUND_DOWN) * s)
 
-    def round_price(self, price:float)->float:
-        "`price` rounded to the nearest tick."
-        s = _dec(self.price_tick)
-        return float((_dec(price) / s).to_integral_value(ROUND_HALF_EVEN) * s)
+@patch
+def round_price(self:Market, price:float)->float:
+    "`price` rounded to the nearest tick."
+    s = _dec(self.price_tick)
+    return float((_dec(price) / s).to_integral_value(ROUND_HALF_EVEN) * s)
 
-    def problems(self,
-                 side:str,                  # 'buy' or 'sell'
-                 amount:float,              # in base
-                 price:float,               # the limit price, or the expected fill price of a market order
-                 avg_price:float|None=None, # the exchange's average price, for PERCENT_PRICE_BY_SIDE (limit orders)
-                 market:bool=True,          # a market order (MARKET_LOT_SIZE applies, the price bands do not)
-                )->list[str]:               # why the exchange would refuse the order; [] when it would not
-        "Check an order against the market's filters before it is sent."
-        out = []
-        if not self.active: out.append(f"{self.symbol} is not trading")
-        if self.floor_amount(amount) != amount: out.append(f"amount {amount} is not a multiple of the step {self.amount_step}")
-        if amount < self.min_qty: out.append(f"amount {amount} is below the minimum {self.min_qty}")
-        top = self.market_max_qty if market and self.market_max_qty else self.max_qty
-        if top and amount > top: out.append(f"amount {amount} is above the maximum {top}")
-        if amount * price < self.min_notional: out.append(f"notional {amount * price:.8g} is below the minimum {self.min_notional}")
-        if self.max_notional and amount * price > self.max_notional: out.append(f"notional {amount * price:.8g} is above the maximum {self.max_notional}")
-        if not market and avg_price:
-            up, down = (self.bid_up, self.bid_down) if side == 'buy' else (self.ask_up, self.ask_down)
-            if up and price > avg_price * up: out.append(f"price {price} is above {up} x the average price {avg_price}")
-            if down and price < avg_price * down: out.append(f"price {price} is below {down} x the average price {avg_price}")
-        return out
+# %% ../nbs/11_exchange.ipynb #8e85df78
+@patch
+def problems(self:Market,
+             side:str,                  # 'buy' or 'sell'
+             amount:float,              # in base
+             price:float,               # the limit price, or the expected fill price of a market order
+             avg_price:float|None=None, # the exchange's average price, for PERCENT_PRICE_BY_SIDE (limit orders)
+             market:bool=True,          # a market order (MARKET_LOT_SIZE applies, the price bands do not)
+            )->list[str]:               # why the exchange would refuse the order; [] when it would not
+    "Check an order against the market's filters before it is sent."
+    out = []
+    if not self.active: out.append(f"{self.symbol} is not trading")
+    if self.floor_amount(amount) != amount: out.append(f"amount {amount} is not a multiple of the step {self.amount_step}")
+    if amount < self.min_qty: out.append(f"amount {amount} is below the minimum {self.min_qty}")
+    top = self.market_max_qty if market and self.market_max_qty else self.max_qty
+    if top and amount > top: out.append(f"amount {amount} is above the maximum {top}")
+    if amount * price < self.min_notional: out.append(f"notional {amount * price:.8g} is below the minimum {self.min_notional}")
+    if self.max_notional and amount * price > self.max_notional: out.append(f"notional {amount * price:.8g} is above the maximum {self.max_notional}")
+    if not market and avg_price:
+        up, down = (self.bid_up, self.bid_down) if side == 'buy' else (self.ask_up, self.ask_down)
+        if up and price > avg_price * up: out.append(f"price {price} is above {up} x the average price {avg_price}")
+        if down and price < avg_price * down: out.append(f"price {price} is below {down} x the average price {avg_price}")
+    return out
 
 # %% ../nbs/11_exchange.ipynb #5f85b563
 _WEEK_OFFSET = 4 * 86_400_000  # weekly candles open on Mondays; 1970-01-01 was a Thursday
@@ -216,80 +221,88 @@ class Exchange:
         api = self.client.urls.get('api', {}); host = urlsplit(next(iter(api.values()), '') if isinstance(api, dict) else str(api)).netloc
         return f"Exchange({self.id} at {host}, credentials {'set' if self.client.apiKey else 'not set'})"
 
-    def _event(self, kind:str, what:str, detail:str='', wait:float=0.0, **more):
-        ev = {'kind': kind, 'what': what, 'detail': detail, 'wait': round(wait, 3), 'time': pd.Timestamp.now(tz='UTC'), **more}
-        self.events.append(ev)
-        if self.on_event: self.on_event(ev)
+# %% ../nbs/11_exchange.ipynb #2011c8d6
+@patch
+def _event(self:Exchange, kind:str, what:str, detail:str='', wait:float=0.0, **more):
+    ev = {'kind': kind, 'what': what, 'detail': detail, 'wait': round(wait, 3), 'time': pd.Timestamp.now(tz='UTC'), **more}
+    self.events.append(ev)
+    if self.on_event: self.on_event(ev)
 
-    def _wait_pause(self):
-        "Hold a request back while the exchange has asked us to pause."
-        left = self.paused_until - self.monotonic()
-        if left > self.max_pause: raise ExchangeBanned(f"{self.id}: asked to stay away for {left:.0f} s more; nothing is sent before then")
-        if left > 0: self.sleep(left)
+@patch
+def _wait_pause(self:Exchange):
+    "Hold a request back while the exchange has asked us to pause."
+    left = self.paused_until - self.monotonic()
+    if left > self.max_pause: raise ExchangeBanned(f"{self.id}: asked to stay away for {left:.0f} s more; nothing is sent before then")
+    if left > 0: self.sleep(left)
 
-    def _retry_after(self)->float|None:
-        h = self.client.last_response_headers or {}
-        v = h.get('Retry-After') if hasattr(h, 'get') else None
-        try: return max(0.0, float(v)) if v is not None else None
-        except ValueError: return None
+@patch
+def _retry_after(self:Exchange)->float|None:
+    h = self.client.last_response_headers or {}
+    v = h.get('Retry-After') if hasattr(h, 'get') else None
+    try: return max(0.0, float(v)) if v is not None else None
+    except ValueError: return None
 
-    def _pause(self, wait:float, what:str, err):
-        self.paused_until = max(self.paused_until, self.monotonic() + wait)
-        self._event('pause', what, f"{type(err).__name__}: {_short(err)}", wait)
-        if wait > self.max_pause:
-            until = pd.Timestamp.now(tz='UTC') + pd.Timedelta(seconds=wait)
-            raise ExchangeBanned(f"{what}: {type(err).__name__}, asked to stay away {wait:.0f} s (until {until:%Y-%m-%d %H:%M:%S} UTC)")
+@patch
+def _pause(self:Exchange, wait:float, what:str, err):
+    self.paused_until = max(self.paused_until, self.monotonic() + wait)
+    self._event('pause', what, f"{type(err).__name__}: {_short(err)}", wait)
+    if wait > self.max_pause:
+        until = pd.Timestamp.now(tz='UTC') + pd.Timedelta(seconds=wait)
+        raise ExchangeBanned(f"{what}: {type(err).__name__}, asked to stay away {wait:.0f} s (until {until:%Y-%m-%d %H:%M:%S} UTC)")
 
-    def _classify(self, e:Exception)->Exception:
-        "ccxt errors and `Malformed` as they are; any other exception is `Malformed` when the answer was not JSON, else re-raised."
-        import ccxt
-        if isinstance(e, (ccxt.BaseError, Malformed)): return e
-        if self.client.last_http_response is not None and self.client.last_json_response is None:
-            return Malformed(f"not JSON: {str(self.client.last_http_response)[:60]!r}")
-        raise e
+@patch
+def _classify(self:Exchange, e:Exception)->Exception:
+    "ccxt errors and `Malformed` as they are; any other exception is `Malformed` when the answer was not JSON, else re-raised."
+    import ccxt
+    if isinstance(e, (ccxt.BaseError, Malformed)): return e
+    if self.client.last_http_response is not None and self.client.last_json_response is None:
+        return Malformed(f"not JSON: {str(self.client.last_http_response)[:60]!r}")
+    raise e
 
-    def call(self,
-             fn,                    # a ccxt read, e.g. client.fetch_time
-             *args,
-             what:str='request',    # how to name it in events and errors
-             check=None,            # raises `Malformed` unless the result is usable
-             missing_ok:bool=False, # return None for `OrderNotFound` instead of failing
-             **kwargs):
-        "Call a ccxt read under the retry policy: back off, pause or resync as it says, or raise one line."
-        import ccxt
-        resynced, err = False, None
-        for attempt in range(1, self.retries + 1):
-            self._wait_pause()
-            self.client.last_json_response = self.client.last_http_response = None
-            try:
-                out = fn(*args, **kwargs)
-                if self.client.last_http_response is not None and self.client.last_json_response is None:
-                    raise Malformed(f"not JSON: {str(self.client.last_http_response)[:60]!r}")
-                if check: check(out)
-                self.reached = True
-                return out
-            except Exception as e: err = self._classify(e)
-            if missing_ok and isinstance(err, ccxt.OrderNotFound): self.reached = True; return None
-            action = retry_action(err)
-            if action == 'refuse': raise ExchangeFailed(f"{what}: {type(err).__name__}: {_short(err)}") from None
-            if type(err) is ccxt.NetworkError and not self.reached and attempt >= 2:  # never reached it: no network, or a wrong URL
-                raise ExchangeFailed(f"{what}: cannot reach the exchange (no network?) after {attempt} attempts: {_short(err)}") from None
-            last = attempt == self.retries
-            if action == 'resync':
-                if resynced: raise ExchangeFailed(f"{what}: the exchange still refuses our clock after measuring it again ({_short(err)})") from None
-                if last: break
-                resynced = True
-                self._event('resync', what, f"{type(err).__name__}: {_short(err)}")
-                self.sync_clock()
-                continue
-            wait = min(self.max_delay, self.delay * 2 ** (attempt - 1))
-            if action == 'pause':   # recorded even after the last attempt: every later request of this Exchange waits it out
-                ra = self._retry_after()
-                self._pause(wait if ra is None else ra, what, err)
-            elif not last:
-                self._event('retry', what, f"{type(err).__name__}: {_short(err)}", wait, attempt=attempt)
-                self.sleep(wait)
-        raise ExchangeFailed(f"{what}: gave up after {self.retries} attempts ({type(err).__name__}: {_short(err)})")
+# %% ../nbs/11_exchange.ipynb #9a47ad6a
+@patch
+def call(self:Exchange,
+         fn,                    # a ccxt read, e.g. client.fetch_time
+         *args,
+         what:str='request',    # how to name it in events and errors
+         check=None,            # raises `Malformed` unless the result is usable
+         missing_ok:bool=False, # return None for `OrderNotFound` instead of failing
+         **kwargs):
+    "Call a ccxt read under the retry policy: back off, pause or resync as it says, or raise one line."
+    import ccxt
+    resynced, err = False, None
+    for attempt in range(1, self.retries + 1):
+        self._wait_pause()
+        self.client.last_json_response = self.client.last_http_response = None
+        try:
+            out = fn(*args, **kwargs)
+            if self.client.last_http_response is not None and self.client.last_json_response is None:
+                raise Malformed(f"not JSON: {str(self.client.last_http_response)[:60]!r}")
+            if check: check(out)
+            self.reached = True
+            return out
+        except Exception as e: err = self._classify(e)
+        if missing_ok and isinstance(err, ccxt.OrderNotFound): self.reached = True; return None
+        action = retry_action(err)
+        if action == 'refuse': raise ExchangeFailed(f"{what}: {type(err).__name__}: {_short(err)}") from None
+        if type(err) is ccxt.NetworkError and not self.reached and attempt >= 2:  # never reached it: no network, or a wrong URL
+            raise ExchangeFailed(f"{what}: cannot reach the exchange (no network?) after {attempt} attempts: {_short(err)}") from None
+        last = attempt == self.retries
+        if action == 'resync':
+            if resynced: raise ExchangeFailed(f"{what}: the exchange still refuses our clock after measuring it again ({_short(err)})") from None
+            if last: break
+            resynced = True
+            self._event('resync', what, f"{type(err).__name__}: {_short(err)}")
+            self.sync_clock()
+            continue
+        wait = min(self.max_delay, self.delay * 2 ** (attempt - 1))
+        if action == 'pause':   # recorded even after the last attempt: every later request of this Exchange waits it out
+            ra = self._retry_after()
+            self._pause(wait if ra is None else ra, what, err)
+        elif not last:
+            self._event('retry', what, f"{type(err).__name__}: {_short(err)}", wait, attempt=attempt)
+            self.sleep(wait)
+    raise ExchangeFailed(f"{what}: gave up after {self.retries} attempts ({type(err).__name__}: {_short(err)})")
 
 # %% ../nbs/11_exchange.ipynb #2eb3b7d0
 @patch
@@ -311,6 +324,7 @@ def market(self:Exchange, symbol:str)->Market:
     if symbol not in ms: raise TbotError(f"{self.id} has no symbol {symbol!r}")
     return ms[symbol]
 
+# %% ../nbs/11_exchange.ipynb #182e1df5
 @patch
 def sync_clock(self:Exchange)->dict:
     "Measure the exchange clock from a `/time` round trip; ccxt signs private requests with it from now on."
@@ -414,6 +428,7 @@ def pages(self:Exchange,
         yield Poll(candle_frame(run), gaps, late, pd.Timestamp(now, unit='ms', tz='UTC'))
         if end: return
 
+# %% ../nbs/11_exchange.ipynb #29b82b73
 @patch
 def new_closed_candles(self:Exchange,
                        symbol:str,      # ccxt unified, e.g. BTC/USDT
@@ -443,6 +458,7 @@ def balance(self:Exchange)->dict[str, dict]:
     b = self.call(self.client.fetch_balance, what=f'{self.id} balance', check=check)
     return {a: {k: float(b[k].get(a) or 0.0) for k in ('free', 'used', 'total')} for a, t in b['total'].items() if t}
 
+# %% ../nbs/11_exchange.ipynb #b3a26825
 @patch
 def create_order(self:Exchange,
                  symbol:str,            # ccxt unified
@@ -475,6 +491,7 @@ def create_order(self:Exchange,
     self._event('unknown', what, detail, client_id=client_id)
     raise OrderOutcomeUnknown(f"{what}: sent, but no usable answer ({detail}); look it up by client id before anything else") from None
 
+# %% ../nbs/11_exchange.ipynb #daea6278
 @patch
 def fetch_order(self:Exchange, client_id:str, symbol:str)->dict|None:
     "The order with this client id, or None when the exchange does not know it."

@@ -8,13 +8,13 @@ Docs: https://tbot-dev.github.io/tbot/indicators.html.md"""
 from __future__ import annotations
 import itertools
 import numpy as np, pandas as pd
-from numba import njit
 from .config import TbotError
+from . import indicators_nb as nb
 
 # %% auto #0
 __all__ = ['sma', 'ema', 'rsi', 'roc', 'macd', 'atr', 'bbands', 'realized_vol', 'donchian', 'adx', 'ema_slope', 'volume_zscore']
 
-# %% ../nbs/02_indicators.ipynb #3529a83c
+# %% ../nbs/02_indicators.ipynb #1cf99677
 def _windows(n)->list|None:
     "The list of windows if `n` is a list-like, else None."
     return list(n) if isinstance(n, (list, tuple, range, np.ndarray, pd.Index)) else None
@@ -24,6 +24,7 @@ def _check_window(n, name='n', low=1):
         raise TbotError(f"{name} must be an integer >= {low}, got {n!r}")
     return int(n)
 
+# %% ../nbs/02_indicators.ipynb #f21b15bf
 def _prepare(*xs)->tuple:
     "Check that the inputs have one shape and index; return (kind, 2-D float64 arrays, index, columns)."
     first = xs[0]
@@ -41,6 +42,7 @@ def _prepare(*xs)->tuple:
     if arrs[0].ndim not in (1, 2) or any(a.shape != arrs[0].shape for a in arrs): raise TbotError("inputs must be 1-D or 2-D arrays of one shape")
     return ('array1' if arrs[0].ndim == 1 else 'array2'), [a.reshape(len(a), -1) for a in arrs], None, None
 
+# %% ../nbs/02_indicators.ipynb #f65ec88e
 def _apply(
     kernel,          # numba function: (1-D arrays..., *params) -> tuple of 1-D arrays, one per field
     xs:tuple,        # the inputs (Series, DataFrames or arrays of one shape)
@@ -71,6 +73,7 @@ def _apply(
     cols = pd.Index([k[0] for k in keys]) if len(keys[0]) == 1 else pd.MultiIndex.from_tuples(keys)
     return pd.DataFrame(np.vstack(arrays).T, index=index, columns=cols, copy=False)  # one block, no second copy
 
+# %% ../nbs/02_indicators.ipynb #45d8d12a
 def _grid(**params)->tuple[list, list|None]:
     "All combinations of the parameters (any may be a list); labels when any was a list."
     lists = {k: _windows(v) for k, v in params.items()}
@@ -83,21 +86,6 @@ def _grid(**params)->tuple[list, list|None]:
     return grid, labels
 
 # %% ../nbs/02_indicators.ipynb #69c10edb
-@njit(cache=True)
-def _sma1(x, n):
-    out = np.full(len(x), np.nan)
-    s, cnt = 0.0, 0
-    for i in range(len(x)):
-        v = x[i]
-        if np.isnan(v):
-            s, cnt = 0.0, 0
-            continue
-        s += v; cnt += 1
-        if cnt >= n:
-            out[i] = s / n
-            s -= x[i - n + 1]  # TA-Lib's running total: add the new bar, divide, drop the oldest
-    return (out,)
-
 def sma(
     x,      # prices: Series, DataFrame (one column per symbol) or array
     n=20,   # window in bars, or a list of windows
@@ -105,34 +93,9 @@ def sma(
     "Simple moving average of the last `n` bars, including the current one."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_sma1, (x,), grid, labels, ['sma'], f'sma_{n}')
+    return _apply(nb.sma_nb, (x,), grid, labels, ['sma'], f'sma_{n}')
 
 # %% ../nbs/02_indicators.ipynb #77ab1556
-@njit(cache=True)
-def _ema1(x, n, delay):
-    "EMA seeded with the SMA of the last `n` bars once `delay` (>= n) valid bars have been seen."
-    out = np.full(len(x), np.nan)
-    k = 2.0 / (n + 1)
-    cnt, prev = 0, np.nan
-    for i in range(len(x)):
-        v = x[i]
-        if np.isnan(v):
-            cnt = 0
-            continue
-        cnt += 1
-        if cnt > delay:
-            prev = ((v - prev) * k) + prev  # TA-Lib's order of operations, for identical rounding
-            out[i] = prev
-        elif cnt == delay:
-            s = 0.0
-            for j in range(i - n + 1, i + 1): s += x[j]
-            prev = s / n
-            out[i] = prev
-    return out
-
-@njit(cache=True)
-def _ema_k(x, n): return (_ema1(x, n, n),)
-
 def ema(
     x,      # prices: Series, DataFrame or array
     n=20,   # span in bars (smoothing 2/(n+1)), or a list of spans
@@ -140,36 +103,9 @@ def ema(
     "Exponential moving average, seeded with the simple average of the first `n` bars (as TA-Lib does)."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_ema_k, (x,), grid, labels, ['ema'], f'ema_{n}')
+    return _apply(nb.ema_nb, (x,), grid, labels, ['ema'], f'ema_{n}')
 
 # %% ../nbs/02_indicators.ipynb #bab64793
-@njit(cache=True)
-def _rsi1(x, n):
-    out = np.full(len(x), np.nan)
-    cnt, prev, gain, loss = 0, 0.0, 0.0, 0.0
-    for i in range(len(x)):
-        v = x[i]
-        if np.isnan(v):
-            cnt = 0
-            continue
-        if cnt == 0:
-            prev, gain, loss, cnt = v, 0.0, 0.0, 1
-            continue
-        d = v - prev; prev = v
-        if cnt > n:  # Wilder smoothing, in TA-Lib's order of operations
-            loss *= (n - 1); gain *= (n - 1)
-        if d < 0: loss -= d
-        else: gain += d
-        if cnt > n:
-            loss /= n; gain /= n
-        elif cnt == n:  # the seed: plain mean of the first n changes
-            loss /= n; gain /= n
-        if cnt >= n:
-            tot = gain + loss
-            out[i] = 100.0 * (gain / tot) if tot != 0 else 50.0
-        cnt += 1
-    return (out,)
-
 def rsi(
     close,  # closing prices: Series, DataFrame or array
     n=14,   # Wilder period, or a list of periods
@@ -177,23 +113,9 @@ def rsi(
     "Wilder's relative strength index."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_rsi1, (close,), grid, labels, ['rsi'], f'rsi_{n}')
+    return _apply(nb.rsi_nb, (close,), grid, labels, ['rsi'], f'rsi_{n}')
 
 # %% ../nbs/02_indicators.ipynb #8aa3dde0
-@njit(cache=True)
-def _roc1(x, n):
-    out = np.full(len(x), np.nan)
-    cnt = 0
-    for i in range(len(x)):
-        if np.isnan(x[i]):
-            cnt = 0
-            continue
-        cnt += 1
-        if cnt > n:
-            prev = x[i - n]
-            out[i] = (x[i] - prev) / prev if prev != 0 else np.nan
-    return (out,)
-
 def roc(
     close,  # prices: Series, DataFrame or array
     n=24,   # look-back in bars, or a list of look-backs
@@ -201,15 +123,9 @@ def roc(
     "Rate of change over `n` bars, as a fraction (TA-Lib's ROCP; its ROC is this times 100)."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_roc1, (close,), grid, labels, ['roc'], f'roc_{n}')
+    return _apply(nb.roc_nb, (close,), grid, labels, ['roc'], f'roc_{n}')
 
 # %% ../nbs/02_indicators.ipynb #b891ccaa
-@njit(cache=True)
-def _macd1(x, fast, slow, signal):
-    line = _ema1(x, fast, slow) - _ema1(x, slow, slow)  # fast EMA seeded at the slow one's first bar, as TA-Lib does
-    sig = _ema1(line, signal, signal)
-    return line, sig, line - sig
-
 def macd(
     close,      # prices: Series, DataFrame or array
     fast=12,    # fast EMA span (or a list)
@@ -221,40 +137,9 @@ def macd(
     for f, s, g in grid:
         _check_window(f, 'fast'); _check_window(s, 'slow'); _check_window(g, 'signal')
         if f >= s: raise TbotError(f"macd: fast ({f}) must be shorter than slow ({s})")
-    return _apply(_macd1, (close,), grid, labels, ['macd', 'signal', 'hist'], 'macd')
+    return _apply(nb.macd_nb, (close,), grid, labels, ['macd', 'signal', 'hist'], 'macd')
 
 # %% ../nbs/02_indicators.ipynb #1a611fc7
-@njit(cache=True)
-def _true_range(h, l, pc):
-    tr = h - l
-    a = abs(h - pc)
-    if a > tr: tr = a
-    a = abs(l - pc)
-    if a > tr: tr = a
-    return tr
-
-@njit(cache=True)
-def _atr1(h, l, c, n):
-    out = np.full(len(c), np.nan)
-    cnt, pc, s = 0, 0.0, 0.0
-    for i in range(len(c)):
-        if np.isnan(h[i]) or np.isnan(l[i]) or np.isnan(c[i]):
-            cnt = 0
-            continue
-        if cnt == 0:
-            pc, s, cnt = c[i], 0.0, 1
-            continue
-        tr = _true_range(h[i], l[i], pc); pc = c[i]
-        if cnt < n: s += tr
-        elif cnt == n:
-            s += tr; s /= n
-            out[i] = s
-        else:
-            s *= n - 1; s += tr; s /= n
-            out[i] = s
-        cnt += 1
-    return (out,)
-
 def atr(
     high,   # highs: Series, DataFrame or array
     low,    # lows, same shape
@@ -264,50 +149,9 @@ def atr(
     "Wilder's average true range."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_atr1, (high, low, close), grid, labels, ['atr'], f'atr_{n}')
+    return _apply(nb.atr_nb, (high, low, close), grid, labels, ['atr'], f'atr_{n}')
 
 # %% ../nbs/02_indicators.ipynb #c859b873
-@njit(cache=True)
-def _meanstd1(x, n, ddof):
-    "Rolling mean and standard deviation: Welford's update, recomputed exactly every `n` bars."
-    mean_out = np.full(len(x), np.nan); std_out = np.full(len(x), np.nan)
-    cnt, mean, m2 = 0, 0.0, 0.0
-    for i in range(len(x)):
-        v = x[i]
-        if np.isnan(v):
-            cnt, mean, m2 = 0, 0.0, 0.0
-            continue
-        cnt += 1
-        if cnt <= n:
-            d = v - mean; mean += d / cnt; m2 += d * (v - mean)
-        elif (cnt - n) % n == 0:  # every n bars, recompute exactly (two passes) so rounding never accumulates
-            mean = 0.0
-            for j in range(i - n + 1, i + 1): mean += x[j]
-            mean /= n
-            m2 = 0.0
-            for j in range(i - n + 1, i + 1): m2 += (x[j] - mean) ** 2
-        else:
-            old = x[i - n]
-            new = mean + (v - old) / n
-            m2 += (v - old) * (v - new + old - mean)
-            mean = new
-        if cnt >= n:
-            mean_out[i] = mean
-            std_out[i] = np.sqrt(m2 / (n - ddof)) if m2 > 0 else 0.0
-    return mean_out, std_out
-
-@njit(cache=True)
-def _bbands1(x, n, k):
-    mid = _sma1(x, n)[0]
-    std = _meanstd1(x, n, 0)[1]
-    upper = np.empty_like(mid); lower = np.empty_like(mid); bw = np.empty_like(mid); pct_b = np.empty_like(mid)
-    for i in range(len(x)):
-        upper[i] = mid[i] + k * std[i]; lower[i] = mid[i] - k * std[i]
-        w = upper[i] - lower[i]
-        bw[i] = w / mid[i]
-        pct_b[i] = (x[i] - lower[i]) / w if w > 0 else np.nan  # NaN warm-up propagates; a flat window has no %b
-    return mid, upper, lower, bw, pct_b
-
 def bbands(
     close,    # prices: Series, DataFrame or array
     n=20,     # window in bars, or a list of windows
@@ -318,23 +162,10 @@ def bbands(
     for w, kk in grid:
         _check_window(w)
         if not kk > 0: raise TbotError(f"k must be positive, got {kk!r}")
-    return _apply(_bbands1, (close,), [(w, float(kk)) for w, kk in grid], labels,
+    return _apply(nb.bbands_nb, (close,), [(w, float(kk)) for w, kk in grid], labels,
                   ['mid', 'upper', 'lower', 'bandwidth', 'pct_b'], 'bbands')
 
 # %% ../nbs/02_indicators.ipynb #74018d58
-@njit(cache=True)
-def _logret(x):
-    r = np.full(len(x), np.nan)
-    for i in range(1, len(x)):
-        r[i] = np.log(x[i] / x[i - 1]) if x[i] > 0 and x[i - 1] > 0 else np.nan
-    return r
-
-@njit(cache=True)
-def _rvol1(x, n):
-    r = _logret(x)
-    r[0] = np.nan
-    return (_meanstd1(r, n, 1)[1],)
-
 def realized_vol(
     close,  # prices: Series, DataFrame or array
     n=24,   # number of returns in the window, or a list
@@ -342,33 +173,9 @@ def realized_vol(
     "Rolling sample standard deviation of log returns over the last `n` bars."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w, low=2)
-    return _apply(_rvol1, (close,), grid, labels, ['realized_vol'], f'realized_vol_{n}')
+    return _apply(nb.realized_vol_nb, (close,), grid, labels, ['realized_vol'], f'realized_vol_{n}')
 
 # %% ../nbs/02_indicators.ipynb #82fb8d04
-@njit(cache=True)
-def _rolling_extreme(x, n, sign):
-    "Rolling max (sign=1) or min (sign=-1) over the last n bars with a monotonic deque: O(len)."
-    out = np.full(len(x), np.nan)
-    q = np.empty(len(x), dtype=np.int64); head, tail, cnt = 0, 0, 0
-    for i in range(len(x)):
-        v = x[i]
-        if np.isnan(v):
-            head, tail, cnt = 0, 0, 0
-            continue
-        cnt += 1
-        while tail > head and sign * x[q[tail - 1]] <= sign * v: tail -= 1
-        q[tail] = i; tail += 1
-        if q[head] <= i - n: head += 1
-        if cnt >= n: out[i] = x[q[head]]
-    return out
-
-@njit(cache=True)
-def _donchian1(h, l, n):
-    hi = _rolling_extreme(h, n, 1.0); lo = _rolling_extreme(l, n, -1.0)
-    bad = np.isnan(hi) | np.isnan(lo)
-    hi[bad] = np.nan; lo[bad] = np.nan
-    return hi, lo, (hi + lo) / 2
-
 def donchian(
     high,   # highs: Series, DataFrame or array
     low,    # lows, same shape
@@ -377,52 +184,9 @@ def donchian(
     "Donchian channel: highest high and lowest low of the last `n` bars, current bar included (shift by 1 for a breakout level)."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_donchian1, (high, low), grid, labels, ['upper', 'lower', 'mid'], 'donchian')
+    return _apply(nb.donchian_nb, (high, low), grid, labels, ['upper', 'lower', 'mid'], 'donchian')
 
 # %% ../nbs/02_indicators.ipynb #728bdd48
-@njit(cache=True)
-def _adx1(h, l, c, n):
-    T = len(c)
-    adx_out = np.full(T, np.nan); pdi_out = np.full(T, np.nan); mdi_out = np.full(T, np.nan)
-    cnt = 0
-    ph = pl = pc = pdm = mdm = tr = sumdx = adx = 0.0
-    for i in range(T):
-        if np.isnan(h[i]) or np.isnan(l[i]) or np.isnan(c[i]):
-            cnt = 0
-            continue
-        if cnt == 0:
-            ph, pl, pc = h[i], l[i], c[i]
-            pdm = mdm = tr = sumdx = 0.0
-            cnt = 1
-            continue
-        dp = h[i] - ph; dm = pl - l[i]; ph = h[i]; pl = l[i]
-        up = dp if (dp > 0 and dp > dm) else 0.0
-        down = dm if (dm > 0 and dp < dm) else 0.0
-        trv = _true_range(h[i], l[i], pc); pc = c[i]
-        if cnt < n:  # TA-Lib sums the first n-1 bars
-            mdm += down; pdm += up; tr += trv
-        else:
-            mdm -= mdm / n; pdm -= pdm / n
-            mdm += down; pdm += up
-            tr = tr - (tr / n) + trv
-            pdi = mdi = 0.0
-            if tr != 0:
-                mdi = 100.0 * (mdm / tr); pdi = 100.0 * (pdm / tr)
-            pdi_out[i] = pdi; mdi_out[i] = mdi
-            s = mdi + pdi
-            ok = tr != 0 and s != 0
-            dx = 100.0 * (abs(mdi - pdi) / s) if ok else 0.0
-            if cnt < 2 * n:
-                if ok: sumdx += dx
-                if cnt == 2 * n - 1:
-                    adx = sumdx / n
-                    adx_out[i] = adx
-            else:
-                if ok: adx = ((adx * (n - 1)) + dx) / n
-                adx_out[i] = adx
-        cnt += 1
-    return adx_out, pdi_out, mdi_out
-
 def adx(
     high,   # highs: Series, DataFrame or array
     low,    # lows, same shape
@@ -432,17 +196,9 @@ def adx(
     "Wilder's average directional index with the +DI and -DI lines (TA-Lib's ADX, PLUS_DI, MINUS_DI)."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w)
-    return _apply(_adx1, (high, low, close), grid, labels, ['adx', 'plus_di', 'minus_di'], 'adx')
+    return _apply(nb.adx_nb, (high, low, close), grid, labels, ['adx', 'plus_di', 'minus_di'], 'adx')
 
 # %% ../nbs/02_indicators.ipynb #4b1652b3
-@njit(cache=True)
-def _ema_slope1(x, n, k):
-    e = _ema1(x, n, n)
-    out = np.full(len(x), np.nan)
-    for i in range(k, len(x)):
-        if e[i] > 0 and e[i - k] > 0: out[i] = np.log(e[i] / e[i - k])
-    return (out,)
-
 def ema_slope(
     close,  # prices: Series, DataFrame or array
     n,      # EMA span, or a list of spans
@@ -451,17 +207,9 @@ def ema_slope(
     "The slope of an EMA: log(ema[t] / ema[t-k])."
     grid, labels = _grid(n=n, k=k)
     for w, kk in grid: _check_window(w); _check_window(kk, 'k')
-    return _apply(_ema_slope1, (close,), grid, labels, ['ema_slope'], f'ema_slope_{n}')
+    return _apply(nb.ema_slope_nb, (close,), grid, labels, ['ema_slope'], f'ema_slope_{n}')
 
 # %% ../nbs/02_indicators.ipynb #51ca347a
-@njit(cache=True)
-def _volz1(v, n):
-    mean, std = _meanstd1(v, n, 1)
-    out = np.full(len(v), np.nan)
-    for i in range(1, len(v)):
-        if std[i - 1] > 0: out[i] = (v[i] - mean[i - 1]) / std[i - 1]
-    return (out,)
-
 def volume_zscore(
     volume, # traded volume: Series, DataFrame or array
     n=24,   # bars in the reference window, or a list
@@ -469,4 +217,4 @@ def volume_zscore(
     "Volume z-score against the previous `n` bars (the current bar is not in its own reference)."
     grid, labels = _grid(n=n)
     for (w,) in grid: _check_window(w, low=2)
-    return _apply(_volz1, (volume,), grid, labels, ['volume_zscore'], f'volume_zscore_{n}')
+    return _apply(nb.volume_zscore_nb, (volume,), grid, labels, ['volume_zscore'], f'volume_zscore_{n}')

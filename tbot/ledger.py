@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib, json, math, sqlite3
 from pathlib import Path
 import numpy as np, pandas as pd
+from fastcore.basics import patch
+from . import __version__
 from .config import TbotError, parse_time, settings
-from .data import REGIMES
+from .console import ArgParser, emit, table
+from .data import REGIMES, bars_per_year
 
 # %% auto #0
 __all__ = ['MIGRATIONS', 'KINDS', 'SCHEMA_VERSION', 'METRICS', 'EVIDENCE', 'TRADE_COLUMNS', 'RUN_IDENTITY', 'ledger_path',
@@ -170,7 +173,6 @@ def performance_records(
     sample:str|None=None,      # 'in-sample' or 'out-of-sample'
 )->pd.DataFrame:               # one row per regime and period
     "A strategy's record per regime and period, from its equity curve and trades."
-    from tbot.risk import bars_per_year
     if not equity.index.equals(regimes.index): raise TbotError("equity and regimes must share one index")
     missing = {'entry_time', 'exit_time', 'trade_return'} - set(trades.columns)
     if missing: raise TbotError(f"trades lack columns {sorted(missing)}")
@@ -269,7 +271,7 @@ def _trade_rows(trades:pd.DataFrame)->list[tuple]:
 
 def _json(x)->str: return json.dumps(x if x is not None else {}, sort_keys=True, default=str)
 
-# %% ../nbs/08_ledger.ipynb #fa7a6246
+# %% ../nbs/08_ledger.ipynb #0a907663
 RUN_IDENTITY = ['kind', 'params', 'data_hashes', 'assumptions', 'sample', 'synthetic']  # runs equal in these are one run repeated
 
 def _check_kind(kind:str, then:str=''):
@@ -291,144 +293,164 @@ class Ledger:
     def __exit__(self, *a): self.close()
     def __repr__(self): return f"Ledger({self.path})"
 
-    def write_run(self,
-                  kind:str,                     # one of `KINDS`: backtest, sweep, walkforward, agent, agent_walkforward, paper, live
-                  params:dict|None=None,        # the run's parameters (JSON-serialisable)
-                  *,
-                  trades:pd.DataFrame|None=None,    # one row per trade (see `TRADE_COLUMNS`)
-                  equity:pd.Series|pd.DataFrame|None=None, # total equity (Series) or one column per bot
-                  decisions:pd.DataFrame|None=None, # time (or the index), bot, regime, strategy, reason, split
-                  performance:pd.DataFrame|None=None, # from `performance_records`
-                  data:dict|None=None,          # name -> frame the run saw, recorded by hash
-                  name:str='',                  # a label
-                  sample:str|None=None,         # in-sample, out-of-sample, paper or live
-                  assumptions:dict|None=None,   # fees, slippage, fill, ...
-                  synthetic:bool=False,         # True when the run saw synthetic data
-                 )->int:                        # the run's id
-        "Write a run with its trades, equity, decisions and performance records, all or nothing."
-        from tbot import __version__
-        _check_kind(kind, 'the run was refused: nothing was written')
-        hashes = {k: data_hash(v) for k, v in (data or {}).items()}
-        trade_rows = _trade_rows(trades) if trades is not None and len(trades) else []
-        eq_rows = []
-        if equity is not None:
-            frame = equity.to_frame('portfolio') if isinstance(equity, pd.Series) else equity
-            for bot in frame.columns:
-                col = frame[bot]
-                if col.isna().any(): raise TbotError(f"equity of {bot} has NaN at {col.index[col.isna()][0]}")
-                eq_rows += [(str(bot), _ts(t), float(v)) for t, v in col.items()]
-        dec_rows = []
-        if decisions is not None and len(decisions):
-            d = decisions if 'time' in decisions else decisions.rename_axis('time').reset_index()
-            if 'reason' not in d: raise TbotError("decisions need a reason")
-            for r in d.to_dict('records'):
-                split = r.get('split')
-                dec_rows.append((_ts(r['time']), r.get('bot'), r.get('regime'), r.get('strategy'), str(r['reason']),
-                                 None if split is None else split if isinstance(split, str) else _json(split)))
-        perf_rows = []
-        if performance is not None and len(performance):
-            p = performance.reindex(columns=_PERF_COLUMNS)
-            p = p.assign(period_start=[_ts(x) for x in p.period_start], period_end=[_ts(x) for x in p.period_end])
-            perf_rows = [tuple(_sql(v) for v in row) for row in p.itertuples(index=False)]
-        con = self.con
-        try:
-            con.execute('BEGIN IMMEDIATE')
-            cur = con.execute('INSERT INTO runs (kind, name, created, version, params, data_hashes, assumptions, sample, synthetic) '
-                              'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-                              (kind, name, _ts(pd.Timestamp.now(tz='UTC')), __version__, _json(params), _json(hashes),
-                               _json(assumptions), sample, int(bool(synthetic))))
-            run = cur.lastrowid
-            con.executemany(f"INSERT INTO trades (run_id, {', '.join(TRADE_COLUMNS)}) VALUES (?{', ?' * len(TRADE_COLUMNS)})",
-                            [(run, *r) for r in trade_rows])
-            con.executemany('INSERT INTO equity VALUES (?, ?, ?, ?)', [(run, *r) for r in eq_rows])
-            con.executemany('INSERT INTO decisions (run_id, time, bot, regime, strategy, reason, split) VALUES (?, ?, ?, ?, ?, ?, ?)',
-                            [(run, *r) for r in dec_rows])
-            con.executemany(f"INSERT INTO performance (run_id, {', '.join(_PERF_COLUMNS)}) VALUES (?{', ?' * len(_PERF_COLUMNS)})",
-                            [(run, *r) for r in perf_rows])
-            con.execute('COMMIT')
-        except sqlite3.IntegrityError as e:
-            con.execute('ROLLBACK'); raise TbotError(f"ledger: the run was refused ({e}); nothing was written") from None
-        except BaseException:
-            if con.in_transaction: con.execute('ROLLBACK')
-            raise
-        return run
+# %% ../nbs/08_ledger.ipynb #8d6f76d7
+def _equity_rows(equity:pd.Series|pd.DataFrame|None)->list[tuple]:
+    "(bot, time, equity) rows: a Series is the `portfolio`; NaN equity is refused."
+    if equity is None: return []
+    frame = equity.to_frame('portfolio') if isinstance(equity, pd.Series) else equity
+    rows = []
+    for bot in frame.columns:
+        col = frame[bot]
+        if col.isna().any(): raise TbotError(f"equity of {bot} has NaN at {col.index[col.isna()][0]}")
+        rows += [(str(bot), _ts(t), float(v)) for t, v in col.items()]
+    return rows
 
-    def _frame(self, sql, args=(), times=())->pd.DataFrame:
-        df = pd.read_sql_query(sql, self.con, params=args)
-        for c in times: df[c] = pd.to_datetime(df[c], utc=True, format='ISO8601')
-        return df
+def _decision_rows(decisions:pd.DataFrame|None)->list[tuple]:
+    "(time, bot, regime, strategy, reason, split) rows; a decision without a reason is refused."
+    if decisions is None or not len(decisions): return []
+    d = decisions if 'time' in decisions else decisions.rename_axis('time').reset_index()
+    if 'reason' not in d: raise TbotError("decisions need a reason")
+    return [(_ts(r['time']), r.get('bot'), r.get('regime'), r.get('strategy'), str(r['reason']),
+             None if r.get('split') is None else r['split'] if isinstance(r['split'], str) else _json(r['split'])) for r in d.to_dict('records')]
 
-    def runs(self, kind:str|None=None)->pd.DataFrame:
-        "The runs, newest last; JSON columns decoded; `repeated_by`: the newer run that repeats this one (same `RUN_IDENTITY`), if any."
-        if kind is not None: _check_kind(kind)
-        df = self._frame(f'SELECT *, NULLIF(MAX(id) OVER (PARTITION BY {", ".join(RUN_IDENTITY)}), id) AS repeated_by FROM runs'
-                         + (' WHERE kind = ?' if kind else '') + ' ORDER BY id', (kind,) if kind else (), ['created'])
-        for c in ('params', 'data_hashes', 'assumptions'): df[c] = df[c].map(json.loads)
-        df['repeated_by'] = df.repeated_by.astype('Int64')
-        return df
+def _perf_rows(performance:pd.DataFrame|None)->list[tuple]:
+    "Rows of performance records in the table's column order."
+    if performance is None or not len(performance): return []
+    p = performance.reindex(columns=_PERF_COLUMNS)
+    p = p.assign(period_start=[_ts(x) for x in p.period_start], period_end=[_ts(x) for x in p.period_end])
+    return [tuple(_sql(v) for v in row) for row in p.itertuples(index=False)]
 
-    def trades(self, run_id:int|None=None)->pd.DataFrame:
-        "The trades of one run, or all."
-        w = ' WHERE run_id = ?' if run_id is not None else ''
-        return self._frame(f'SELECT * FROM trades{w} ORDER BY id', (run_id,) if w else (), ['entry_time', 'exit_time'])
+# %% ../nbs/08_ledger.ipynb #fe1c0f8b
+@patch
+def write_run(self:Ledger,
+              kind:str,                     # one of `KINDS`: backtest, sweep, walkforward, agent, agent_walkforward, paper, live
+              params:dict|None=None,        # the run's parameters (JSON-serialisable)
+              *,
+              trades:pd.DataFrame|None=None,    # one row per trade (see `TRADE_COLUMNS`)
+              equity:pd.Series|pd.DataFrame|None=None, # total equity (Series) or one column per bot
+              decisions:pd.DataFrame|None=None, # time (or the index), bot, regime, strategy, reason, split
+              performance:pd.DataFrame|None=None, # from `performance_records`
+              data:dict|None=None,          # name -> frame the run saw, recorded by hash
+              name:str='',                  # a label
+              sample:str|None=None,         # in-sample, out-of-sample, paper or live
+              assumptions:dict|None=None,   # fees, slippage, fill, ...
+              synthetic:bool=False,         # True when the run saw synthetic data
+             )->int:                        # the run's id
+    "Write a run with its trades, equity, decisions and performance records, all or nothing."
+    _check_kind(kind, 'the run was refused: nothing was written')
+    hashes = {k: data_hash(v) for k, v in (data or {}).items()}
+    trade_rows = _trade_rows(trades) if trades is not None and len(trades) else []
+    eq_rows, dec_rows = _equity_rows(equity), _decision_rows(decisions)
+    perf_rows = _perf_rows(performance)
+    con = self.con
+    try:
+        con.execute('BEGIN IMMEDIATE')
+        cur = con.execute('INSERT INTO runs (kind, name, created, version, params, data_hashes, assumptions, sample, synthetic) '
+                          'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                          (kind, name, _ts(pd.Timestamp.now(tz='UTC')), __version__, _json(params), _json(hashes),
+                           _json(assumptions), sample, int(bool(synthetic))))
+        run = cur.lastrowid
+        con.executemany(f"INSERT INTO trades (run_id, {', '.join(TRADE_COLUMNS)}) VALUES (?{', ?' * len(TRADE_COLUMNS)})",
+                        [(run, *r) for r in trade_rows])
+        con.executemany('INSERT INTO equity VALUES (?, ?, ?, ?)', [(run, *r) for r in eq_rows])
+        con.executemany('INSERT INTO decisions (run_id, time, bot, regime, strategy, reason, split) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                        [(run, *r) for r in dec_rows])
+        con.executemany(f"INSERT INTO performance (run_id, {', '.join(_PERF_COLUMNS)}) VALUES (?{', ?' * len(_PERF_COLUMNS)})",
+                        [(run, *r) for r in perf_rows])
+        con.execute('COMMIT')
+    except sqlite3.IntegrityError as e:
+        con.execute('ROLLBACK'); raise TbotError(f"ledger: the run was refused ({e}); nothing was written") from None
+    except BaseException:
+        if con.in_transaction: con.execute('ROLLBACK')
+        raise
+    return run
 
-    def equity(self, run_id:int)->pd.DataFrame:
-        "The equity snapshots of a run: one column per bot (`portfolio` for the total)."
-        df = self._frame('SELECT bot, time, equity FROM equity WHERE run_id = ?', (run_id,), ['time'])
-        return df.pivot(index='time', columns='bot', values='equity').rename_axis(columns=None)
+# %% ../nbs/08_ledger.ipynb #aaf51cc1
+@patch
+def _frame(self:Ledger, sql, args=(), times=())->pd.DataFrame:
+    df = pd.read_sql_query(sql, self.con, params=args)
+    for c in times: df[c] = pd.to_datetime(df[c], utc=True, format='ISO8601')
+    return df
 
-    def decisions(self, run_id:int|None=None, bot:str|None=None)->pd.DataFrame:
-        "The decision log, in time order."
-        w, a = [], []
-        if run_id is not None: w.append('run_id = ?'); a.append(run_id)
-        if bot is not None: w.append('bot = ?'); a.append(bot)
-        where = (' WHERE ' + ' AND '.join(w)) if w else ''
-        df = self._frame(f'SELECT * FROM decisions{where} ORDER BY time, id', a, ['time'])
-        df['split'] = df.split.map(lambda s: json.loads(s) if isinstance(s, str) and s else None)
-        return df
+@patch
+def runs(self:Ledger, kind:str|None=None)->pd.DataFrame:
+    "The runs, newest last; JSON columns decoded; `repeated_by`: the newer run that repeats this one (same `RUN_IDENTITY`), if any."
+    if kind is not None: _check_kind(kind)
+    df = self._frame(f'SELECT *, NULLIF(MAX(id) OVER (PARTITION BY {", ".join(RUN_IDENTITY)}), id) AS repeated_by FROM runs'
+                     + (' WHERE kind = ?' if kind else '') + ' ORDER BY id', (kind,) if kind else (), ['created'])
+    for c in ('params', 'data_hashes', 'assumptions'): df[c] = df[c].map(json.loads)
+    df['repeated_by'] = df.repeated_by.astype('Int64')
+    return df
 
-    def performance(self,
-                    as_of=None,             # only records whose period ended before this moment (UTC)
-                    strategy:str|None=None, regime:str|None=None, symbol:str|None=None, timeframe:str|None=None,
-                    sample:str|None=None,   # 'in-sample' / 'out-of-sample'
-                    kind:str|None=None,     # the kind of run that wrote them
-                    run_ids:list|None=None, # only these runs, their records as written (repeats included)
-                    repeats:bool=False,     # also the records of runs a newer run repeats, and records that repeat another
-                   )->pd.DataFrame:         # performance records, each piece of evidence once
-        "Performance records, each piece of evidence once, past-only when `as_of` is given (a naive time is UTC)."
-        w, a = [], []
-        if kind is not None: _check_kind(kind)
-        if as_of is not None: w.append('p.period_end < ?'); a.append(_ts(parse_time(as_of, 'as_of')))
-        for col, v in [('strategy', strategy), ('regime', regime), ('symbol', symbol), ('timeframe', timeframe), ('sample', sample)]:
-            if v is not None: w.append(f'p.{col} = ?'); a.append(v)
-        if kind is not None: w.append('r.kind = ?'); a.append(kind)
-        if run_ids is not None: w.append(f"p.run_id IN ({', '.join('?' * len(run_ids))})"); a += [int(i) for i in run_ids]
-        once = not repeats and run_ids is None
-        if once: w.append(f'p.run_id IN (SELECT MAX(id) FROM runs GROUP BY {", ".join(RUN_IDENTITY)})')  # a repeated run: its newest copy
-        where = (' WHERE ' + ' AND '.join(w)) if w else ''
-        df = self._frame(f'SELECT p.* FROM performance p JOIN runs r ON r.id = p.run_id{where} ORDER BY p.period_end, p.id', a,
-                         ['period_start', 'period_end'])
-        df['profit_factor'] = df.profit_factor.where(df.profit_factor.notna() | (df.gross_profit <= 0), np.inf)
-        return distinct_evidence(df).reset_index(drop=True) if once else df
+@patch
+def trades(self:Ledger, run_id:int|None=None)->pd.DataFrame:
+    "The trades of one run, or all."
+    w = ' WHERE run_id = ?' if run_id is not None else ''
+    return self._frame(f'SELECT * FROM trades{w} ORDER BY id', (run_id,) if w else (), ['entry_time', 'exit_time'])
 
-    def scores(self, as_of=None, by=('strategy', 'regime'), **filters)->pd.DataFrame:
-        "Pooled performance per strategy and regime (or `by`), each piece of evidence once, from records that ended before `as_of`."
-        return aggregate(self.performance(as_of, **filters), by)
+@patch
+def equity(self:Ledger, run_id:int)->pd.DataFrame:
+    "The equity snapshots of a run: one column per bot (`portfolio` for the total)."
+    df = self._frame('SELECT bot, time, equity FROM equity WHERE run_id = ?', (run_id,), ['time'])
+    return df.pivot(index='time', columns='bot', values='equity').rename_axis(columns=None)
 
-    def regime_matrix(self,
-                      as_of=None,            # past-only cut
-                      metric:str='sharpe',   # one of `METRICS`
-                      **filters,             # as for `performance`
-                     )->pd.DataFrame:        # strategies x regimes
-        "Which strategy works in which market: `metric` per strategy (rows) and regime (columns)."
-        if metric not in METRICS: raise TbotError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
-        s = self.scores(as_of, **filters)
-        if s.empty: return pd.DataFrame(columns=REGIMES, dtype='float64').rename_axis(index='strategy', columns='regime')
-        m = s.pivot(index='strategy', columns='regime', values=metric)
-        cols = [r for r in REGIMES if r in m.columns] + sorted(c for c in m.columns if c not in REGIMES)
-        return m.reindex(columns=cols).rename_axis(columns='regime')
+@patch
+def decisions(self:Ledger, run_id:int|None=None, bot:str|None=None)->pd.DataFrame:
+    "The decision log, in time order."
+    w, a = [], []
+    if run_id is not None: w.append('run_id = ?'); a.append(run_id)
+    if bot is not None: w.append('bot = ?'); a.append(bot)
+    where = (' WHERE ' + ' AND '.join(w)) if w else ''
+    df = self._frame(f'SELECT * FROM decisions{where} ORDER BY time, id', a, ['time'])
+    df['split'] = df.split.map(lambda s: json.loads(s) if isinstance(s, str) and s else None)
+    return df
 
-# %% ../nbs/08_ledger.ipynb #9fd8e5a1
+# %% ../nbs/08_ledger.ipynb #dc966d38
+@patch
+def performance(self:Ledger,
+                as_of=None,             # only records whose period ended before this moment (UTC)
+                strategy:str|None=None, regime:str|None=None, symbol:str|None=None, timeframe:str|None=None,
+                sample:str|None=None,   # 'in-sample' / 'out-of-sample'
+                kind:str|None=None,     # the kind of run that wrote them
+                run_ids:list|None=None, # only these runs, their records as written (repeats included)
+                repeats:bool=False,     # also the records of runs a newer run repeats, and records that repeat another
+               )->pd.DataFrame:         # performance records, each piece of evidence once
+    "Performance records, each piece of evidence once, past-only when `as_of` is given (a naive time is UTC)."
+    w, a = [], []
+    if kind is not None: _check_kind(kind)
+    if as_of is not None: w.append('p.period_end < ?'); a.append(_ts(parse_time(as_of, 'as_of')))
+    for col, v in [('strategy', strategy), ('regime', regime), ('symbol', symbol), ('timeframe', timeframe), ('sample', sample)]:
+        if v is not None: w.append(f'p.{col} = ?'); a.append(v)
+    if kind is not None: w.append('r.kind = ?'); a.append(kind)
+    if run_ids is not None: w.append(f"p.run_id IN ({', '.join('?' * len(run_ids))})"); a += [int(i) for i in run_ids]
+    once = not repeats and run_ids is None
+    if once: w.append(f'p.run_id IN (SELECT MAX(id) FROM runs GROUP BY {", ".join(RUN_IDENTITY)})')  # a repeated run: its newest copy
+    where = (' WHERE ' + ' AND '.join(w)) if w else ''
+    df = self._frame(f'SELECT p.* FROM performance p JOIN runs r ON r.id = p.run_id{where} ORDER BY p.period_end, p.id', a,
+                     ['period_start', 'period_end'])
+    df['profit_factor'] = df.profit_factor.where(df.profit_factor.notna() | (df.gross_profit <= 0), np.inf)
+    return distinct_evidence(df).reset_index(drop=True) if once else df
+
+@patch
+def scores(self:Ledger, as_of=None, by=('strategy', 'regime'), **filters)->pd.DataFrame:
+    "Pooled performance per strategy and regime (or `by`), each piece of evidence once, from records that ended before `as_of`."
+    return aggregate(self.performance(as_of, **filters), by)
+
+@patch
+def regime_matrix(self:Ledger,
+                  as_of=None,            # past-only cut
+                  metric:str='sharpe',   # one of `METRICS`
+                  **filters,             # as for `performance`
+                 )->pd.DataFrame:        # strategies x regimes
+    "Which strategy works in which market: `metric` per strategy (rows) and regime (columns)."
+    if metric not in METRICS: raise TbotError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    s = self.scores(as_of, **filters)
+    if s.empty: return pd.DataFrame(columns=REGIMES, dtype='float64').rename_axis(index='strategy', columns='regime')
+    m = s.pivot(index='strategy', columns='regime', values=metric)
+    cols = [r for r in REGIMES if r in m.columns] + sorted(c for c in m.columns if c not in REGIMES)
+    return m.reindex(columns=cols).rename_axis(columns='regime')
+
+# %% ../nbs/08_ledger.ipynb #a6f0e413
 def _matrix_report(led:Ledger, metric:str, as_of, filters:dict)->dict:
     s = led.scores(as_of, **filters)
     rows = {}
@@ -444,7 +466,6 @@ def _matrix_report(led:Ledger, metric:str, as_of, filters:dict)->dict:
             'note': "figures as measured by each run (see `tbot ledger runs` for its fees, slippage, fill rule and sample)"}
 
 def _matrix_text(o:dict)->str:
-    from tbot.cli import table
     if not o['rows']: return f"the ledger {o['ledger']} holds no performance records{' before ' + o['as_of'] if o['as_of'] else ''} yet"
     reps = f" (and {o['repeats']} repeated runs, counted once)" if o.get('repeats') else ''
     fmt = lambda c: '' if c is None else ('n/a' if c[o['metric']] is None else f"{c[o['metric']]:.3g}") + f" ({c['n_trades']})"
@@ -453,6 +474,7 @@ def _matrix_text(o:dict)->str:
             + (f"; as of {o['as_of']}" if o['as_of'] else ''))
     return '\n'.join([head, table(rows), o['note']])
 
+# %% ../nbs/08_ledger.ipynb #f0bb4b2c
 def _market(run:dict)->tuple[str, str]:
     "The symbols and timeframe(s) a run traded, from its parameters, else from the names of the data it saw."
     p, seen = run['params'], [k.split() for k in run['data_hashes']]
@@ -461,9 +483,9 @@ def _market(run:dict)->tuple[str, str]:
     if isinstance(tf, dict): tf = ', '.join(f'{b} {t}' for b, t in tf.items())
     return ','.join(syms) if isinstance(syms, list) else str(syms), tf or ''
 
+# %% ../nbs/08_ledger.ipynb #dad6d639
 def cli_ledger(argv:list[str], prog:str='tbot ledger')->int:
     "The `tbot ledger` command."
-    from tbot.cli import ArgParser, emit, table
     p = ArgParser(prog=prog, description='The performance ledger: which strategy works in which market.')
     sub = p.add_subparsers(dest='cmd', parser_class=ArgParser)
     m = sub.add_parser('matrix', help='the strategy x regime matrix (the default)')

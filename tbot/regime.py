@@ -12,13 +12,15 @@ import numpy as np, pandas as pd
 from numba import njit
 from .config import TbotError, atomic_write, check_number, settings
 from . import indicators as ind
+from . import data
 from .data import synthetic
+from .console import ArgParser, emit, table
 
 # %% auto #0
 __all__ = ['REGIMES', 'DETECTORS', 'COLORS', 'check_candles', 'rules_params', 'warmup_bars', 'rules_features', 'rules_detect',
            'hmm_params', 'hmm_detect', 'detect', 'causality_violations', 'similar_windows', 'confusion',
            'detection_lags', 'score', 'evaluate_synthetic', 'forward_table', 'forward_stats', 'share_by_year',
-           'evaluate_real', 'plot_regimes', 'plot_confusion', 'current_regime', 'cli_regime']
+           'evaluate_real', 'plot_regimes', 'plot_confusion', 'current_regime', 'cli_regime_evaluate', 'cli_regime']
 
 # %% ../nbs/03_regime.ipynb #798eff96
 REGIMES = ['bull', 'bear', 'sideways', 'volatile']
@@ -426,6 +428,7 @@ def current_regime(df:pd.DataFrame, detector:str|None=None, **params)->dict:
     else: out |= {k: float(d[k].iloc[-1]) for k in ('trend', 'vol', 'activity')}
     return out, reg
 
+# %% ../nbs/03_regime.ipynb #f4a31865
 _MAX_SEEDS = 1000
 
 def _seeds(text:str)->list[int]:
@@ -448,39 +451,42 @@ def _out_file(out:str)->Path:
     if not os.access(path.parent, os.W_OK): raise TbotError(f"--out {out}: cannot write in {path.parent}")
     return path
 
+# %% ../nbs/03_regime.ipynb #62d821da
+def cli_regime_evaluate(argv:list[str], prog:str='tbot regime evaluate')->int:
+    "The `tbot regime evaluate` command: score the detector on synthetic markets (and real ones with --real)."
+    p = ArgParser(prog=prog, description='Score the detector on synthetic markets (and, with --real, on stored BTC/ETH 1h).')
+    p.add_argument('--seeds', default='100-107', help='synthetic seeds, e.g. 100-107 or 1,2,3 (the rules were tuned on 0-23)')
+    p.add_argument('--bars', default='20000', help='bars per synthetic market (3000 to 1000000)')
+    p.add_argument('--detector', choices=list(DETECTORS), help='default: settings.ini [regime] detector')
+    p.add_argument('--real', action='store_true', help='also the forward statistics on stored BTC/USDT and ETH/USDT 1h')
+    p.add_argument('--exchange', default=settings().get('exchange', 'id', 'binance'), help='ccxt id of the stored real series')
+    p.add_argument('--json', action='store_true', help='print JSON')
+    a = p.parse_args(argv)
+    bars, seeds = check_number(a.bars, '--bars', lo=3000, hi=1_000_000, integer=True), _seeds(a.seeds)  # fewer than 3000 bars give no useful score
+    ev = evaluate_synthetic(seeds, bars, a.detector)
+    out = {'synthetic': {k: v for k, v in ev.items() if k != 'confusion'} | {'confusion': ev['confusion'].round(4).to_dict(orient='index')}}
+    if a.real:
+        frames = {s: data.load(s, '1h', a.exchange) for s in ('BTC/USDT', 'ETH/USDT')}
+        rr = evaluate_real(frames, a.detector)
+        out['real'] = {'pooled': rr['pooled'].round(6).to_dict(orient='index'), 'checks': rr['checks']}
+    def human(o):
+        s = o['synthetic']
+        lines = ['SYNTHETIC markets (known regimes), held-out seeds ' + a.seeds,
+                 f"balanced accuracy {s['balanced_accuracy']:.3f} (target >= 0.80)   median detection lag {s['median_lag']:.0f} bars (target <= 48)   flips per 1000 bars {s['flips_per_1000']:.1f}",
+                 '', 'confusion (rows: truth, columns: label)',
+                 table([{'truth': k, **{c: round(v, 3) for c, v in row.items()}} for k, row in s['confusion'].items()])]
+        if 'real' in o:
+            lines += ['', 'REAL BTC/USDT + ETH/USDT 1h: mean forward log return and realised vol by label',
+                      table([{'regime': k, **{c: v for c, v in row.items()}} for k, row in o['real']['pooled'].items()]),
+                      '', table([{'check': k, 'holds': v} for k, v in o['real']['checks'].items()])]
+        return '\n'.join(lines)
+    emit(out, a.json, human)
+    return 0
+
+# %% ../nbs/03_regime.ipynb #6444bf69
 def cli_regime(argv:list[str], prog:str='tbot regime')->int:
     "The `tbot regime` command."
-    from tbot.cli import ArgParser, emit, table
-    from tbot import data
-    if argv[:1] == ['evaluate']:
-        p = ArgParser(prog=f'{prog} evaluate', description='Score the detector on synthetic markets (and, with --real, on stored BTC/ETH 1h).')
-        p.add_argument('--seeds', default='100-107', help='synthetic seeds, e.g. 100-107 or 1,2,3 (the rules were tuned on 0-23)')
-        p.add_argument('--bars', default='20000', help='bars per synthetic market (3000 to 1000000)')
-        p.add_argument('--detector', choices=list(DETECTORS), help='default: settings.ini [regime] detector')
-        p.add_argument('--real', action='store_true', help='also the forward statistics on stored BTC/USDT and ETH/USDT 1h')
-        p.add_argument('--exchange', default=settings().get('exchange', 'id', 'binance'), help='ccxt id of the stored real series')
-        p.add_argument('--json', action='store_true', help='print JSON')
-        a = p.parse_args(argv[1:])
-        bars, seeds = check_number(a.bars, '--bars', lo=3000, hi=1_000_000, integer=True), _seeds(a.seeds)  # fewer than 3000 bars give no useful score
-        ev = evaluate_synthetic(seeds, bars, a.detector)
-        out = {'synthetic': {k: v for k, v in ev.items() if k != 'confusion'} | {'confusion': ev['confusion'].round(4).to_dict(orient='index')}}
-        if a.real:
-            frames = {s: data.load(s, '1h', a.exchange) for s in ('BTC/USDT', 'ETH/USDT')}
-            rr = evaluate_real(frames, a.detector)
-            out['real'] = {'pooled': rr['pooled'].round(6).to_dict(orient='index'), 'checks': rr['checks']}
-        def human(o):
-            s = o['synthetic']
-            lines = ['SYNTHETIC markets (known regimes), held-out seeds ' + a.seeds,
-                     f"balanced accuracy {s['balanced_accuracy']:.3f} (target >= 0.80)   median detection lag {s['median_lag']:.0f} bars (target <= 48)   flips per 1000 bars {s['flips_per_1000']:.1f}",
-                     '', 'confusion (rows: truth, columns: label)',
-                     table([{'truth': k, **{c: round(v, 3) for c, v in row.items()}} for k, row in s['confusion'].items()])]
-            if 'real' in o:
-                lines += ['', 'REAL BTC/USDT + ETH/USDT 1h: mean forward log return and realised vol by label',
-                          table([{'regime': k, **{c: v for c, v in row.items()}} for k, row in o['real']['pooled'].items()]),
-                          '', table([{'check': k, 'holds': v} for k, v in o['real']['checks'].items()])]
-            return '\n'.join(lines)
-        emit(out, a.json, human)
-        return 0
+    if argv[:1] == ['evaluate']: return cli_regime_evaluate(argv[1:], f'{prog} evaluate')
     p = ArgParser(prog=prog, description='The current market regime of one stored series (or `tbot regime evaluate`).')
     p.add_argument('symbol', help="e.g. BTC/USDT, or 'evaluate' to score the detector")
     p.add_argument('timeframe', help='e.g. 1h')

@@ -12,14 +12,15 @@ from decimal import Decimal, ROUND_DOWN, ROUND_HALF_UP
 from pathlib import Path
 import numpy as np, pandas as pd
 from numba import njit
-from .config import TbotError, atomic_write, settings
+from .config import TbotError, atomic_write, settings, costs
+from .data import bars_per_year
 
 # %% auto #0
 __all__ = ['ACTIVE', 'HALTED', 'PAUSED', 'STATUS', 'DECIMAL_PLACES', 'SIGNIFICANT_DIGITS', 'TICK_SIZE', 'RECORDED_MARKETS',
            'RiskConfig', 'risk_config', 'stop_state', 'stop_new_bar', 'stop_check', 'stop_end_bar', 'PortfolioStop',
-           'simulate_nb', 'Simulation', 'simulate_exposure', 'bars_per_year', 'vol_scale', 'mult_step',
-           'win_loss_multiplier', 'SizeMultiplier', 'kelly_exposure', 'apply_limits', 'MarketRules', 'market_rules',
-           'OrderCheck', 'round_order', 'order_for_target']
+           'simulate_nb', 'Simulation', 'simulate_exposure', 'vol_scale', 'mult_step', 'win_loss_multiplier',
+           'SizeMultiplier', 'kelly_exposure', 'apply_limits', 'MarketRules', 'market_rules', 'OrderCheck',
+           'round_order', 'order_for_target']
 
 # %% ../nbs/06_risk.ipynb #e9116c8f
 @dataclass
@@ -328,19 +329,17 @@ def _ohlc(prices, index)->dict:
 def simulate_exposure(
     prices:pd.DataFrame|dict,         # OHLCV of one symbol, or {symbol: OHLCV}
     target:pd.Series|pd.DataFrame,    # exposure decided on each bar's close (fraction of equity), per symbol
-    init_cash:float|None=None,        # starting capital; `[backtest] init_cash` when None
-    fees:float|None=None,             # fraction of notional per fill; `[backtest] fees` when None
-    slippage:float|None=None,         # fraction of price per fill; `[backtest] slippage` when None
+    init_cash:float|None=None,        # starting capital; `tbot.config.costs()` when None
+    fees:float|None=None,             # fraction of notional per fill; `tbot.config.costs()` when None
+    slippage:float|None=None,         # fraction of price per fill; `tbot.config.costs()` when None
     stop:float|None=None,             # portfolio stop; `[risk] portfolio_stop` when None
     daily_loss_limit:float|None=None, # `[risk] daily_loss_limit` when None
     rules:dict|None=None,             # {symbol: MarketRules}: amount step and minimum notional per symbol; none when None
     rebalance_band:float=0.0,         # skip rebalances smaller than this fraction of equity
 )->Simulation:
     "Run target exposures through one cash-sharing portfolio with the portfolio stop and daily loss limit."
-    s, cfg = settings(), risk_config()
-    init_cash = s.getfloat('backtest', 'init_cash', 1000) if init_cash is None else init_cash
-    fees = s.getfloat('backtest', 'fees', 0.001) if fees is None else fees
-    slippage = s.getfloat('backtest', 'slippage', 0.0005) if slippage is None else slippage
+    cfg, c = risk_config(), costs(fees, slippage, 'next_open', init_cash)
+    init_cash, fees, slippage = c.init_cash, c.fees, c.slippage
     stop = cfg.portfolio_stop if stop is None else stop
     daily_loss_limit = cfg.daily_loss_limit if daily_loss_limit is None else daily_loss_limit
     RiskConfig(portfolio_stop=stop, daily_loss_limit=daily_loss_limit)
@@ -391,13 +390,6 @@ def _events(equity, fired, resumed, frac, init_cash, stop, daily)->pd.DataFrame:
     return pd.DataFrame(rows, columns=['time', 'event', 'equity', 'reason'])
 
 # %% ../nbs/06_risk.ipynb #bef95598
-def bars_per_year(
-    index:pd.DatetimeIndex, # bar open times
-)->float:                   # how many such bars make a year (crypto trades every day)
-    "Annualisation factor from the typical spacing of the bars."
-    if len(index) < 2: raise TbotError("need at least two bars to know the timeframe")
-    return pd.Timedelta(days=365) / pd.Timedelta(int(np.median(np.diff(index.as_unit('ns').asi8))))
-
 def vol_scale(
     close:pd.Series,           # closing prices
     target:float|None=None,    # annualised volatility to aim at; `[risk] vol_target` when None

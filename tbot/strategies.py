@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np, pandas as pd
 from numba import njit, prange
 from .config import TbotError
+from .console import ArgParser, emit, table
+from .data import bars_per_year
 from . import indicators as ind
 
 # %% auto #0
@@ -349,18 +351,13 @@ def pair_zscore_ls(df, n, entry, exit):
     return Signals(entries=z < -entry, exits=z > -exit, short_entries=z > entry, short_exits=z < exit)
 
 # %% ../nbs/04_strategies.ipynb #3318f318
-def _bars_per_year(index:pd.DatetimeIndex)->float:
-    "Bars in a 365-day year at this index's typical spacing (crypto trades every day)."
-    step = np.median(np.diff(index.as_unit("ns").asi8)) if len(index) > 1 else np.nan
-    return 365 * 86400e9 / step
-
 @strategy('vol_target', 'vol_target', warmup=lambda p: max(p['n'] + 1, p['trend']), timeframes=('1h', '4h', '1d'),
           target=Param(0.4, 0.02, 3.0, 'target annualised volatility'), n=Param(168, 5, 5000, 'realised-volatility window'),
           max_exposure=Param(1.0, 0.05, 1.0, 'largest exposure'), step=Param(0.1, 0.01, 0.5, 'exposure granularity'),
           trend=Param(0, 0, 5000, 'trend EMA span for a flat filter (0 = none)'))
 def vol_target(df, target, n, max_exposure, step, trend):
     "Exposure inversely proportional to realised volatility, capped and rounded; flat below the trend EMA if one is set."
-    vol = ind.realized_vol(df.close, n) * np.sqrt(_bars_per_year(df.index))
+    vol = ind.realized_vol(df.close, n) * np.sqrt(bars_per_year(df.index))
     x = np.floor(np.minimum(max_exposure, target / vol) / step + 1e-9) * step
     if trend: x = x.where(df.close > ind.ema(df.close, trend), 0.0)
     return Signals(exposure=x.fillna(0.0).clip(0, 1))
@@ -374,7 +371,6 @@ def strategy_rows()->list[dict]:
 
 def cli_strategies(argv:list[str], prog:str='tbot strategies')->int:
     "The `tbot strategies` command."
-    from tbot.cli import ArgParser, emit, table
     p = ArgParser(prog=prog, description='List the strategy library and its parameters (default and [low, high]).')
     p.add_argument('--family', choices=FAMILIES, help='only this family')
     p.add_argument('--json', action='store_true', help='print JSON')

@@ -1,11 +1,9 @@
 """The master agent on real BTC/ETH candles: decide/backtest parity, no future in learning, the portfolio stop, exchange rules, CLI."""
-import json, subprocess, sys
-from pathlib import Path
+import json
 import numpy as np, pandas as pd, pytest
-from tbot import agent, data, risk
+from conftest import tbot, one_line_error
+from tbot import agent, backtest, data, ledger, risk, timeframes, portfolio
 from tbot.config import TbotError
-
-TBOT = str(Path(sys.executable).parent / 'tbot')
 
 @pytest.fixture(scope='module')
 def candles(shared):
@@ -53,7 +51,7 @@ def test_learning_sees_no_future(candles):
 
 def test_portfolio_stop_through_the_2022_bear_market(candles):
     hist = cut(candles, '2021-09-01', '2022-12-31')
-    r = agent.backtest(hist, start='2022-01-01')
+    r = portfolio.backtest_agent(hist, start='2022-01-01')
     eq, units, fills = r.equity, r.simulation.units, r.simulation.fills
     halted = r.stats['halted_at']
     assert halted is not None                                       # 2022 takes the agent to its floor
@@ -76,7 +74,7 @@ def test_portfolio_stop_on_a_constructed_crash(candles):
     for s, df in hist.items():
         f = df.copy(); f.iloc[i:, :4] = f.iloc[i:, :4].to_numpy() * 0.6   # a 40% gap down at bar i's open
         crashed[s] = f
-    r = agent.backtest(crashed, p=p, start=hist['BTC/USDT'].index[len(p.index) // 2])
+    r = portfolio.backtest_agent(crashed, p=p, start=hist['BTC/USDT'].index[len(p.index) // 2])
     t = r.equity.index.get_loc(hist['BTC/USDT'].index[i])
     assert r.stats['halted_at'] == str(hist['BTC/USDT'].index[i])
     before = r.equity.iloc[t - 1]; held = r.simulation.units.iloc[t - 1]
@@ -85,7 +83,7 @@ def test_portfolio_stop_on_a_constructed_crash(candles):
     assert (r.simulation.units.iloc[t:] == 0).all().all()
 
 def test_fills_respect_binance_amount_steps_and_minimum_notional(candles):
-    r = agent.backtest(cut(candles, '2021-01-01', '2021-06-30'), start='2021-03-01')
+    r = portfolio.backtest_agent(cut(candles, '2021-01-01', '2021-06-30'), start='2021-03-01')
     f = r.simulation.fills
     assert len(f) > 10
     for sym, g in f.groupby('symbol'):
@@ -109,9 +107,7 @@ def sliced_store(store, candles):
 
 @pytest.mark.slow
 def test_cli_backtest_json_puts_agent_and_buy_and_hold_side_by_side(sliced_store):
-    p = subprocess.run([TBOT, 'agent', 'backtest', '--symbols', 'BTC/USDT,ETH/USDT', '--timeframe', '1h', '--start', '2022-01-01', '--json'],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
+    p = tbot('agent', 'backtest', '--symbols', 'BTC/USDT,ETH/USDT', '--timeframe', '1h', '--start', '2022-01-01', '--json')
     out = json.loads(p.stdout)
     for side in ('stats', 'benchmark'):
         assert {'total_return', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid'} <= set(out[side])
@@ -120,19 +116,16 @@ def test_cli_backtest_json_puts_agent_and_buy_and_hold_side_by_side(sliced_store
     a = out['assumptions']
     assert (a['fees'], a['slippage'], a['fill'], a['sample'], a['synthetic']) == (0.001, 0.0005, 'next_open', 'in-sample', False)
     assert out['ledger_run'] >= 1 and (sliced_store / 'ledger.sqlite').exists()
-    led = subprocess.run([TBOT, 'ledger', '--json'], capture_output=True, text=True, timeout=120)
-    assert led.returncode == 0 and 'ema_cross' in led.stdout
+    assert 'ema_cross' in tbot('ledger', '--json', timeout=120).stdout
 
 @pytest.mark.slow
 def test_cli_explain_shows_what_the_agent_saw(sliced_store):
-    p = subprocess.run([TBOT, 'agent', 'explain', '--at', '2022-06-18', '--json'], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
+    p = tbot('agent', 'explain', '--at', '2022-06-18', '--json')
     out = json.loads(p.stdout)
     assert out['time'] == '2022-06-18 00:00:00+00:00'
     assert set(out['regimes']) == {'BTC/USDT', 'ETH/USDT'} and set(out['bots']) == {'core', 'scalping', 'risk'}
     assert abs(sum(out['split'].values()) - 1) < 1e-9
-    bad = subprocess.run([TBOT, 'agent', 'explain', '--at', '2001-01-01'], capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'Traceback' not in bad.stderr
+    one_line_error(tbot('agent', 'explain', '--at', '2001-01-01', check=False), 'no BTC/USDT 1h candles at or before 2001-01-01')
 
 # --- bots on their own timeframes: core and risk on 1h, scalping on 5m (real candles of 2023) ---
 
@@ -143,7 +136,7 @@ def multi(shared, candles):
 
 @pytest.fixture(scope='module')
 def multi_plan(multi):
-    return agent.plan(multi)
+    return timeframes.plan(multi)
 
 @pytest.mark.slow
 def test_each_bot_decides_on_its_own_timeframe_and_nothing_sees_an_unclosed_hour(multi, multi_plan):
@@ -152,9 +145,9 @@ def test_each_bot_decides_on_its_own_timeframe_and_nothing_sees_an_unclosed_hour
     rng = np.random.default_rng(7)
     cuts = list(p.index[rng.choice(np.arange(12 * 24 * 40, len(p.index)), 6, replace=False)]) + [pd.Timestamp('2023-03-15 10:25', tz='UTC')]
     for at in cuts:
-        hist = agent.cut(multi, at, p.policy)
+        hist = timeframes.cut(multi, at, p.policy)
         assert hist[('BTC/USDT', '1h')].index[-1] + pd.Timedelta('1h') <= at + pd.Timedelta('5m')   # only closed hours
-        d = agent.decide(hist)
+        d = timeframes.decide(hist)
         t = p.index.get_loc(at)
         assert d['time'] == str(at)
         assert d['targets'] == {s: float(p.target[s].iloc[t]) for s in p.symbols}
@@ -163,9 +156,9 @@ def test_each_bot_decides_on_its_own_timeframe_and_nothing_sees_an_unclosed_hour
                 assert d['bots'][bot][sym]['strategy'] == p.strategy_at(t, b, s)
     # changing every candle after the cut changes no decision up to it
     at = pd.Timestamp('2023-03-15 10:25', tz='UTC'); t = p.index.get_loc(at)
-    scrambled = {k: df.assign(close=np.where(df.index + agent.timeframe_delta(k[1]) > at + pd.Timedelta('5m'), df.close * 1.3, df.close))
+    scrambled = {k: df.assign(close=np.where(df.index + data.timeframe_delta(k[1]) > at + pd.Timedelta('5m'), df.close * 1.3, df.close))
                  for k, df in multi.items()}
-    q = agent.plan(scrambled)
+    q = timeframes.plan(scrambled)
     assert np.array_equal(q.choice[:t + 1], p.choice[:t + 1]) and q.target.iloc[:t + 1].equals(p.target.iloc[:t + 1])
     assert not q.target.iloc[t + 1:].equals(p.target.iloc[t + 1:])   # the test could fail: the future did change the plan
 
@@ -178,55 +171,53 @@ def test_hourly_bots_trade_only_when_the_hour_closes(multi_plan):
 
 @pytest.mark.slow
 def test_multi_timeframe_backtest_is_one_portfolio_with_attribution_and_ledger(multi, multi_plan, tmp_path):
-    r = agent.backtest(multi, p=multi_plan)
+    r = portfolio.backtest_agent(multi, p=multi_plan)
     assert r.assumptions['timeframe'] == '5m' and r.assumptions['bot_timeframes'] == {'core': '1h', 'scalping': '5m', 'risk': '1h'}
     assert abs(sum(r.attribution['bot']) - (r.equity.iloc[-1] - 1000)) < 1e-6
     assert r.stats['min_equity'] >= 0.95 * (1 - 0.0015) - 1e-9
-    from tbot.ledger import Ledger
-    led = Ledger(tmp_path / 'ledger.sqlite')
-    run = agent.record(r, multi, led)
+    led = ledger.Ledger(tmp_path / 'ledger.sqlite')
+    run = portfolio.record(r, multi, led)
     perf = led.performance(run_ids=[run])
     assert set(perf.timeframe) == {'1h', '5m'} and set(perf[perf.timeframe == '5m'].strategy) <= {'scalp_micro_trend', 'scalp_range_zscore', 'pair_zscore'}
 
 def test_multi_timeframe_refuses_what_is_missing(multi):
     with pytest.raises(TbotError, match='no ETH/USDT 5m candles'):
-        agent.plan({k: v for k, v in multi.items() if k != ('ETH/USDT', '5m')})
+        timeframes.plan({k: v for k, v in multi.items() if k != ('ETH/USDT', '5m')})
+    with pytest.raises(TbotError, match='tbot.timeframes.plan'): agent.plan(multi)   # the policy's plan takes one timeframe, and says where to go
 
 @pytest.mark.slow
 def test_multi_timeframe_walk_forward_is_out_of_sample_on_the_fine_bars(multi):
-    wf = agent.walk_forward(multi, train='60D', test='30D')
+    wf = portfolio.walk_forward_agent(multi, train='60D', test='30D')
     assert wf['sample'] == 'out-of-sample' and len(wf['folds']) == 2
     assert wf['single_equity'].index.equals(wf['result'].equity.index) and wf['result'].assumptions['timeframe'] == '5m'
     assert wf['result'].equity.index[0] == pd.Timestamp(wf['folds'][0]['test_start'])
     assert wf['agent']['min_equity'] >= 0.95 * (1 - 0.0015) - 1e-9
-    assert 0 < wf['best_single']['fees_paid'] < 1000 and 0 < wf['agent']['fees_paid'] < 1000
+    assert wf['agent']['fees_paid'] == pytest.approx(wf['result'].simulation.fills.fee.sum(), rel=1e-12)   # every fill's fee, no more
+    assert wf['agent']['fees_paid'] == pytest.approx(wf['result'].stats['fees_paid'], rel=1e-12) and wf['agent']['fees_paid'] > 1
+    assert 0 < wf['best_single']['fees_paid'] < 0.001 * 2 * 1000 * 100   # paid, and below 100 full round trips of the whole capital
 
 @pytest.mark.parametrize('name', ['ema_cross', 'donchian_breakout', 'vol_target'])
 def test_single_strategy_runs_of_the_walk_forward_carry_their_fees(candles, name):
     "The fee series the walk-forward scales per fold adds up to the single backtest's fees, stops and rebalances included."
-    from tbot.backtest import backtest as single_backtest
     hist = cut(candles, '2021-01-01', '2022-12-31')
     p = agent.plan(hist)
-    run = agent._single_run(hist['BTC/USDT'], None, p, name, 0.001, 0.0005, 1000)
-    ref = single_backtest(hist['BTC/USDT'], name, fees=0.001, slippage=0.0005, init_cash=1000)
+    run = portfolio.single_run(hist['BTC/USDT'], None, p, name, 0.001, 0.0005, 1000)
+    ref = backtest.backtest(hist['BTC/USDT'], name, fees=0.001, slippage=0.0005, init_cash=1000)
     assert run.fees.is_monotonic_increasing and abs(run.fees.iloc[-1] / ref.stats['fees_paid'] - 1) < 1e-12
     assert np.array_equal(run.equity.to_numpy(), ref.equity.to_numpy())
 
 @pytest.mark.slow
 def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
     for (s, tf), df in multi.items(): data.write_series(df, data.Series('binance', s, tf), store)
-    p = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--json', '--no-ledger'], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
+    p = tbot('agent', 'backtest', '--bot-timeframes', '--json', '--no-ledger')
     a = json.loads(p.stdout)['assumptions']
     assert a['timeframe'] == '5m' and a['bot_timeframes'] == {'core': '1h', 'scalping': '5m', 'risk': '1h'}
     assert a['start'].startswith('2023-01-01') and a['end'].startswith('2023-04-30 23:55')
-    human = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--no-ledger'], capture_output=True, text=True, timeout=600)
-    assert human.returncode == 0 and 'core 1h, scalping 5m, risk 1h' in human.stdout
-    wf = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--walk-forward', '--train', '60D', '--test', '30D', '--no-ledger'],
-                        capture_output=True, text=True, timeout=600)
-    assert wf.returncode == 0 and 'OUT-OF-SAMPLE' in wf.stdout, wf.stderr
-    missing = subprocess.run([TBOT, 'agent', 'backtest', '--bot-timeframes', '--symbols', 'BTC/USDT,SOL/USDT'], capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 2 and missing.stderr.count('\n') == 1 and 'Traceback' not in missing.stderr
+    assert 'core 1h, scalping 5m, risk 1h' in tbot('agent', 'backtest', '--bot-timeframes', '--no-ledger').stdout
+    wf = tbot('agent', 'backtest', '--bot-timeframes', '--walk-forward', '--train', '60D', '--test', '30D', '--no-ledger')
+    assert wf.stdout.startswith('OUT-OF-SAMPLE') or wf.stdout.startswith('HALTED')
+    assert 'OUT-OF-SAMPLE walk-forward BTC/USDT, ETH/USDT core 1h, scalping 5m, risk 1h' in wf.stdout
+    one_line_error(tbot('agent', 'backtest', '--bot-timeframes', '--symbols', 'BTC/USDT,SOL/USDT', check=False), 'SOL/USDT')
 
 def test_portfolio_equals_vectorbt_from_orders_with_cash_sharing(candles):
     "With the stop, daily limit, exchange rules and band off, the agent's portfolio is vectorbt's from_orders on the same targets."

@@ -1,15 +1,17 @@
 """The backtest engine on real data: the cross-check against backtesting.py, the sweep kernel against vectorbt,
 Dask, the overfitting statistics against independent implementations, and the CLI."""
-import itertools, json, os, stat, subprocess, sys, warnings
+import itertools, json, os, stat, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from scipy.stats import rankdata
 from tbot.config import TbotError
 from tbot.data import read_candle_file, write_series, Series
 from tbot import indicators as ind
-from tbot.backtest import STATS, backtest, sweep, pbo, deflated_sharpe
-
-TBOT = Path(sys.executable).parent / 'tbot'
+from tbot.config import costs
+from tbot.backtest import STATS, backtest
+from tbot.sweep import expand_grid, grid_stats, sweep
+from tbot.walkforward import deflated_sharpe, pbo
+from conftest import tbot, one_line_error
 
 @pytest.fixture(scope='module')
 def btc(shared): return read_candle_file(shared / 'BTC_USDT-1h.feather')
@@ -129,10 +131,9 @@ def test_pbo_matches_literal_implementation():
 
 def test_pbo_from_sweep_blocks_equals_returns(btc):
     "The kernel's per-block sums give the same PBO as the full returns matrix of the vectorbt backtests."
-    from tbot.backtest import _sweep, _defaults, expand_grid
     df = btc['2022-01-01':'2023-12-31']
     combos = expand_grid('ema_cross', {'fast': [5, 12, 30], 'slow': [50, 100, 200]})
-    _, blocks = _sweep(df, 'ema_cross', combos, _defaults(None, None, None, None), progress=False, n_blocks=8)
+    _, blocks = grid_stats(df, 'ema_cross', combos, costs(), progress=False, n_blocks=8)
     rets = []
     for c in combos:
         eq = backtest(df, 'ema_cross', c).equity.to_numpy()
@@ -148,8 +149,7 @@ def btc_store(store, btc):
     write_series(btc['2021-01-01':'2023-12-31'], Series('binance', 'BTC/USDT', '1h'), store)
     return store
 
-def _tbot(*args):
-    return subprocess.run([str(TBOT), *args], capture_output=True, text=True, timeout=300)
+def _tbot(*args, **kw): return tbot(*args, check=False, timeout=300, **kw)
 
 def test_cli_backtest_json_and_errors(btc_store, btc):
     out = _tbot('backtest', '--strategy', 'ema_cross', '--symbol', 'BTC/USDT', '--timeframe', '1h', '--params', 'fast=10,slow=40',
@@ -166,6 +166,14 @@ def test_cli_backtest_json_and_errors(btc_store, btc):
         bad = _tbot('backtest', '--symbol', 'BTC/USDT', *args)
         assert bad.returncode == 2 and msg in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
+def test_cli_params_one_syntax_and_the_old_one_deprecated(btc_store):
+    "`-p KEY=VALUE` (repeated) and the old `--params k=v,k=v` give the same backtest; only the old one prints a deprecation line."
+    args = ['backtest', '--strategy', 'ema_cross', '--start', '2022-01-01', '--end', '2022-06-30', '--json']
+    new, old = _tbot(*args, '-p', 'fast=10', '-p', 'slow=40'), _tbot(*args, '--params', 'fast=10,slow=40')
+    assert new.returncode == 0 and old.returncode == 0, new.stderr + old.stderr
+    assert json.loads(new.stdout) == json.loads(old.stdout) and json.loads(new.stdout)['assumptions']['params'] == {'fast': 10, 'slow': 40}
+    assert new.stderr == '' and old.stderr.startswith('tbot: note: --params k=v,k=v is deprecated') and old.stderr.count('\n') == 1
+
 BAD = [  # (command line after `tbot`, what the one line must say)
     (['backtest', '--strategy', 'ema_cross', '--start', '2022-13-45'], "--start: '2022-13-45' is not a date"),
     (['backtest', '--strategy', 'ema_cross', '--start', 'yesterday'], "--start: 'yesterday' is not a date"),
@@ -174,10 +182,13 @@ BAD = [  # (command line after `tbot`, what the one line must say)
     (['backtest', '--strategy', 'ema_cross', '--start', '2030-01-01'], 'no BTC/USDT 1h candles in 2030-01-01 00:00 .. the end (the store has 2021-01-01 00:00 .. 2023-12-31 23:00)'),
     (['backtest', '--strategy', 'ema_cross', '--params', 'fast=nan'], "--params fast: 'nan' must be a finite number"),
     (['backtest', '--strategy', 'ema_cross', '--params', 'fast=inf'], "--params fast: 'inf' must be a finite number"),
-    (['backtest', '--strategy', 'ema_cross', '--params', 'fast=abc'], "--params fast: 'abc' is not a number"),
+    (['backtest', '--strategy', 'ema_cross', '--params', 'fast=abc'], "ema_cross: parameter fast='abc' is not a number"),
+    (['backtest', '--strategy', 'ema_cross', '-p', 'fast=nan'], "-p fast: 'nan' must be a finite number"),
+    (['backtest', '--strategy', 'ema_cross', '-p', 'fast'], "bad -p 'fast' (expected KEY=VALUE)"),
+    (['backtest', '--strategy', 'ema_cross', '-p', 'fast=5', '--params', 'fast=6'], 'parameter fast is given twice'),
     (['backtest', '--strategy', 'ema_cross', '--params', 'fats=5'], "ema_cross: unknown parameter 'fats'"),
     (['backtest', '--strategy', 'ema_cross', '--params', 'fast=5.5'], 'fast=5.5 must be a whole number'),
-    (['backtest', '--strategy', 'ema_cross', '--init-cash', 'inf'], 'init_cash: inf must be a finite number'),
+    (['backtest', '--strategy', 'ema_cross', '--init-cash', 'inf'], '--init-cash: inf must be a finite number'),
     (['backtest', '--strategy', 'ema_cross', '--fees', '-0.001'], 'fees: -0.001 must be at least 0'),
     (['backtest', '--strategy', 'ema_cross', '--fees', 'nan'], 'fees: nan must be a finite number'),
     (['backtest', '--strategy', 'ema_cross', '--slippage', 'inf'], 'slippage: inf must be a finite number'),
@@ -199,9 +210,7 @@ def test_cli_bad_input_is_one_line_before_any_work(btc_store, tmp_path, args, ms
     "Each refusal is one line (no traceback, no progress bar: nothing was computed), exit 2, and writes no file."
     files = lambda: sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob('*'))
     before = files()
-    bad = subprocess.run([str(TBOT), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    lines = bad.stderr.splitlines()
-    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith('tbot: error: ') and msg in lines[0], bad.stderr
+    one_line_error(_tbot(*args, cwd=tmp_path), msg)
     assert files() == before  # no heatmap, no reports folder, the store untouched
 
 @pytest.mark.slow

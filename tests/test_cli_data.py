@@ -1,26 +1,21 @@
 """`tbot data` and `tbot run` end to end on the shared real files, as a user runs them."""
-import json, os, shutil, subprocess, sys, textwrap
+import json, shutil, subprocess, sys, textwrap
 from pathlib import Path
 import pandas as pd, pytest
-
-TBOT = str(Path(sys.executable).parent / 'tbot')
-
-def tbot(*args, check=True, env=None):
-    p = subprocess.run([TBOT, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
-    if check: assert p.returncode == 0, p.stderr
-    return p
-
-def one_line_error(p):
-    assert p.returncode != 0
-    assert p.stderr.count('\n') == 1 and p.stderr.startswith('tbot') and 'Traceback' not in p.stderr, p.stderr
-    return p.stderr
+from conftest import tbot, one_line_error
 
 def files(d): return sorted(str(p.relative_to(d)) for p in Path(d).rglob('*') if p.is_file()) if Path(d).exists() else []
 
-def test_every_subcommand_has_help():
-    for cmd in [['data'], ['data', 'fetch'], ['data', 'import'], ['data', 'list'], ['data', 'check'], ['data', 'synth'], ['run']]:
-        assert 'usage:' in tbot(*cmd, '--help').stdout
-    assert 'data' in tbot('--help').stdout
+def test_every_subcommand_has_help_naming_its_options():
+    expect = {(): ['fetch', 'import', 'list', 'check', 'synth'], ('fetch',): ['--exchange', '--symbols', '--timeframes', '--since', '--json'],
+              ('import',): ['dir', '--exchange', '--json'], ('list',): ['--json'], ('check',): ['symbol', 'timeframe', '--exchange'],
+              ('synth',): ['--symbol', '--timeframe', '--bars', '--seed']}
+    for sub, words in expect.items():
+        p = tbot('data', *sub, '--help')
+        assert p.stdout.startswith(f"usage: tbot data {' '.join(sub)}".rstrip()) and p.stderr == ''
+        assert all(w in p.stdout for w in words), (sub, p.stdout)
+    assert '--offline' in tbot('run', '--help').stdout
+    assert 'fetch, import, list, check and synthesise candles' in tbot('--help').stdout
 
 def test_import_list_check_load_the_shared_real_files(store, shared):
     imp = json.loads(tbot('data', 'import', str(shared), '--json').stdout)

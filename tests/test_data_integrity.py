@@ -3,6 +3,7 @@ import json, os, random, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.feather as pf, pyarrow.parquet as pq, pytest
 from binance_stub import BinanceStub
+from forked import Forker
 from tbot import data
 
 TBOT = str(Path(sys.executable).parent / 'tbot')
@@ -41,13 +42,13 @@ def freqtrade_folder(tmp_path, name, df, fname='BTC_USDT-1h.feather'):
 def test_a_short_import_merges_and_never_shortens_the_store(btc_store, btc1h, tmp_path):
     rows = json.loads(tbot('data', 'import', str(freqtrade_folder(tmp_path, 'short', btc1h.iloc[-500:])), '--json').stdout)
     assert [(r['rows'], r['added'], r['stored']) for r in rows] == [(500, 0, 73265)]
-    pd.testing.assert_frame_equal(data.load('BTC/USDT', '1h', 'binance', data_dir=btc_store), btc1h, check_freq=False)
+    pd.testing.assert_frame_equal(data.load('BTC/USDT', '1h', 'binance', data_dir=btc_store), btc1h, check_freq=False, check_exact=True)
 
 def test_an_import_extends_a_store_that_holds_the_start(store, btc1h, tmp_path):
     tbot('data', 'import', str(freqtrade_folder(tmp_path, 'start', btc1h.iloc[:40_000])))
     rows = json.loads(tbot('data', 'import', str(freqtrade_folder(tmp_path, 'rest', btc1h.iloc[39_000:])), '--json').stdout)
     assert [(r['added'], r['stored']) for r in rows] == [(73265 - 40_000, 73265)]
-    pd.testing.assert_frame_equal(data.load('BTC/USDT', '1h', 'binance', data_dir=store), btc1h, check_freq=False)
+    pd.testing.assert_frame_equal(data.load('BTC/USDT', '1h', 'binance', data_dir=store), btc1h, check_freq=False, check_exact=True)
 
 def test_an_import_that_disagrees_with_the_store_is_refused_and_writes_nothing(btc_store, shared, btc1h, tmp_path):
     before = {p: p.read_bytes() for p in parquet_files(btc_store)}
@@ -175,10 +176,12 @@ def test_fetch_cleans_its_folder_before_writing(store, shared, capfd):
     (store / 'binance').mkdir(parents=True)
     dead = subprocess.Popen(['true']); dead.wait()
     (store / 'binance' / f'.BTC_USDT-5m.parquet.{dead.pid}.abcd1234.tmp').write_bytes(b'PAR1 half')
-    from binance_stub import point_at
-    with BinanceStub({('BTCUSDT', '5m'): btc5m}) as stub:
-        data.fetch(['BTC/USDT'], ['5m'], since='2023-01-01', data_dir=store, client=point_at(data.make_exchange('binance', timeout=2), stub.url),
-                   progress=False, retries=2, delay=0.01)
+    from fake_binance import FakeBinance
+    from tbot.exchange import Exchange, connect
+    from tbot.fetch import fetch
+    with FakeBinance({('BTCUSDT', '5m'): btc5m}) as fake:
+        fetch(['BTC/USDT'], ['5m'], since='2023-01-01', data_dir=store, progress=False,
+              ex=Exchange(connect(urls=fake.url, timeout=2, credentials=False), retries=2, delay=0.01))
     assert 'removed 1 temporary file' in capfd.readouterr().err and debris(store) == []
 
 def kill_at_random(cmd, folder, rng, window):
@@ -195,35 +198,59 @@ def kill_at_random(cmd, folder, rng, window):
     p.wait(timeout=60)
     return killed, sum(f'.{p.pid}.' in d.name for d in debris(folder))  # killed, and the temporary files it left
 
+def kill_forked_at_random(fk, args, folder, rng, window):
+    "`kill_at_random` for `tbot *args` forked by `fk` (a `forked.Forker`): SIGKILL at a random moment within `window` seconds, or (every other time) just as it writes a store file."
+    pid = fk.start(args, env=dict(os.environ), cwd=folder.parent, stdout=os.devnull, stderr=os.devnull)
+    mid_write = rng.random() < 0.5
+    deadline = time.time() + (120 if mid_write else rng.uniform(0, window))
+    while (code := fk.wait(0)) is None and time.time() < deadline:
+        if mid_write and any(f'.{pid}.' in d.name for d in debris(folder)):
+            time.sleep(rng.uniform(0, 0.005)); break
+        time.sleep(0.002)
+    if code is None: fk.kill(); code = fk.wait(60)                # SIGKILL: no handler, no cleanup, no flush
+    assert code in (0, -signal.SIGKILL), code                      # killed, or it finished the import without error
+    return code == -signal.SIGKILL, sum(f'.{pid}.' in d.name for d in debris(folder))  # killed, and the temporary files it left
+
 @pytest.mark.slow
 def test_50_kills_during_import_leave_no_corrupt_file_and_no_debris(store, shared, tmp_path):
+    "50 `tbot data import` processes killed -9 at random moments, half of them as they write; the store stays whole and clean."
+    # Each is forked from a server that has imported pandas, pyarrow & co (tests/forked.py): a kill costs the import's work, not
+    # Python's start; each is still a process of its own that imports tbot, runs the console command's `main`, and dies of a real SIGKILL.
     src = tmp_path / 'binance'; src.mkdir()
     for f in ('BTC_USDT-1h.feather', 'ETH_USDT-1h.feather', 'ETH_USDT-5m.feather'): (src / f).write_bytes((shared / f).read_bytes())
     full = {f: data.read_candle_file(src / f) for f in sorted(os.listdir(src))}
     series = {f: data.Series('binance', *data.parse_filename(f)[:2]) for f in full}
     start = {f: df.iloc[:len(df) // 2] for f, df in full.items()}
     for f, df in start.items(): data.write_series(df, series[f], store)
-    t = time.time(); tbot('data', 'import', str(src)); window = time.time() - t   # how long one import takes here
-    rng, kills, mid = random.Random(9), 0, 0
-    for i in range(50):
-        for f, df in start.items(): data.write_series(df, series[f], store)   # every import starts from half of each series
-        killed, left = kill_at_random([TBOT, 'data', 'import', str(src)], store, rng, window)
-        kills += killed; mid += left > 0
-        for f, s in series.items():
-            got = data.read_series(s.path(store))                              # readable: never a half-written file
-            assert len(got) in (len(start[f]), len(full[f])), (i, f, len(got))
-            pd.testing.assert_frame_equal(got, full[f].iloc[:len(got)], check_freq=False)
+    half = {f: s.path(store).read_bytes() for f, s in series.items()}         # the store holding half of each series
+    def restart():                                                            # every import starts from half of each series
+        for f, s in series.items(): s.path(store).write_bytes(half[f])
+    cmd = ('data', 'import', str(src))
+    with Forker() as fk:                                                      # each command forked from a server that imported pandas & co
+        fk.start(['--version'], dict(os.environ), tmp_path, os.devnull, os.devnull); assert fk.wait(300) == 0   # the server is up
+        t = time.time(); fk.start(cmd, dict(os.environ), tmp_path, os.devnull, os.devnull)
+        assert fk.wait(300) == 0; window = time.time() - t                    # how long one import takes here
+        assert all(len(data.read_series(s.path(store))) == len(full[f]) for f, s in series.items())
+        rng, kills, mid = random.Random(9), 0, 0
+        for i in range(50):
+            restart()
+            killed, left = kill_forked_at_random(fk, cmd, store, rng, window)
+            kills += killed; mid += left > 0
+            for f, s in series.items():
+                got = data.read_series(s.path(store))                          # readable: never a half-written file
+                assert len(got) in (len(start[f]), len(full[f])), (i, f, len(got))
+                pd.testing.assert_frame_equal(got, full[f].iloc[:len(got)], check_freq=False, check_exact=True)  # exact: no 1e-5 tolerance, and ms, not s (the default boxes every timestamp)
     assert kills >= 40 and mid >= 15, (kills, mid)                          # most kills landed, many mid-write
-    p = tbot('data', 'import', str(src))
+    p = tbot('data', 'import', str(src))                                     # the console command itself, as a user runs it
     assert 'removed' in p.stderr and debris(store) == []
-    for f, s in series.items(): pd.testing.assert_frame_equal(data.read_series(s.path(store)), full[f], check_freq=False)
+    for f, s in series.items(): pd.testing.assert_frame_equal(data.read_series(s.path(store)), full[f], check_freq=False, check_exact=True)
 
 FETCH = textwrap.dedent('''
     import sys; sys.path.insert(0, sys.argv[1])
-    from binance_stub import point_at
-    from tbot import data
-    ex = point_at(data.make_exchange('binance', timeout=5), sys.argv[2])
-    data.fetch(['BTC/USDT'], ['5m'], since='2023-01-01', data_dir=sys.argv[3], client=ex, progress=False, flush_every=int(sys.argv[4]), retries=2, delay=0.01)
+    from tbot.exchange import Exchange, connect
+    from tbot.fetch import fetch
+    ex = Exchange(connect(urls=sys.argv[2], timeout=5, credentials=False), retries=2, delay=0.01)
+    fetch(['BTC/USDT'], ['5m'], since='2023-01-01', data_dir=sys.argv[3], ex=ex, progress=False, flush_every=int(sys.argv[4]))
 ''')
 
 @pytest.mark.slow
@@ -231,7 +258,8 @@ def test_30_kills_during_fetch_leave_no_corrupt_file_and_resume_to_the_source(st
     btc5m = data.read_candle_file(shared / 'BTC_USDT-5m.feather')      # 104,816 real candles: 1,049 pages of 100, more than 30 short runs fetch
     path = store / 'binance' / 'BTC_USDT-5m.parquet'
     rng, kills, mid = random.Random(30), 0, 0
-    with BinanceStub({('BTCUSDT', '5m'): btc5m}, max_limit=100) as stub:
+    from fake_binance import FakeBinance                                # the exchange layer's fake: /time, exchangeInfo, klines
+    with FakeBinance({('BTCUSDT', '5m'): btc5m}, max_limit=100) as stub:
         cmd = [sys.executable, '-c', FETCH, TESTS, stub.url, str(store)]
         for i in range(30):
             killed, left = kill_at_random(cmd + ['1'], store, rng, 5.0)     # a save after every page

@@ -1,23 +1,22 @@
 """The research core keeps its promises: a report's sample label matches what was computed, the agent's walk-forward is recorded,
 a rerun is not new evidence, a halt is the first thing every summary says, and bad input is one line. Real BTC/ETH candles."""
-import json, os, sqlite3, subprocess, sys
+import json, sqlite3
 from pathlib import Path
 import pandas as pd, pytest
-from tbot import agent, data, ledger
+import conftest
+from conftest import ROOT
+from tbot import data, ledger, portfolio
+from tbot.console import jsonable
 from tbot.ledger import Ledger, performance_records
 
-TBOT = str(Path(sys.executable).parent / 'tbot')
-ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ('BTC/USDT', 'ETH/USDT')
 
 def tbot(*args, check=True, timeout=900):
-    p = subprocess.run([TBOT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=os.environ.copy())
-    if check: assert p.returncode == 0, p.stderr
-    return p
+    "`tbot` run from the checkout, as a user would."
+    return conftest.tbot(*args, check=check, timeout=timeout, cwd=ROOT)
 
 def one_line_error(p):
-    assert p.returncode == 2 and p.stderr.startswith('tbot: error:') and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr, p.stderr
-    return p.stderr
+    return conftest.one_line_error(p, 'tbot: error:')
 
 @pytest.fixture
 def store_2021(store, shared):
@@ -35,7 +34,6 @@ def n_trades(*filters):
 
 @pytest.mark.slow
 def test_agent_walk_forward_report_is_the_walk_forward(store, shared):
-    from tbot.reports import jsonable
     for s in SYMBOLS:
         df = data.read_candle_file(shared / f"{s.replace('/', '_')}-1h.feather").loc['2021-01-01':'2022-12-31']
         data.write_series(df, data.Series('binance', s, '1h'), store)
@@ -45,12 +43,12 @@ def test_agent_walk_forward_report_is_the_walk_forward(store, shared):
     run = Path(json.loads(p.stdout)['folder'])
     metrics = json.loads((run / 'metrics.json').read_text()); manifest = json.loads((run / 'manifest.json').read_text())
     candles = {s: data.load(s, '1h', None, '2021-01-01', '2022-12-31') for s in SYMBOLS}
-    wf = agent.walk_forward(candles, '365D', '90D', anchored=False)
+    wf = portfolio.walk_forward_agent(candles, '365D', '90D', anchored=False)
     assert metrics['headline']['sample'] == manifest['assumptions']['sample'] == 'out-of-sample'
     assert metrics['stats'] == jsonable(dict(wf['result'].stats))                       # the figures are the walk-forward's
     assert metrics['walk_forward']['best_single'] == jsonable(wf['best_single']) and len(metrics['walk_forward']['folds']) == len(wf['folds'])
     assert metrics['stats']['start'] == wf['folds'][0]['test_start']                   # only bars after the first training window
-    insample = agent.backtest(candles)
+    insample = portfolio.backtest_agent(candles)
     assert metrics['stats']['total_return'] != insample.stats['total_return']          # the check can fail: the in-sample run differs
     index = (run.parent / 'index.html').read_text()
     assert 'out-of-sample' in index and manifest['title'] in index.replace('&#x27;', "'")
@@ -100,7 +98,7 @@ def test_a_halt_leads_the_backtest_and_explain_shows_nothing_held(store_2021):
 
 def test_capital_per_bot_is_zero_after_the_halt(shared):
     hist = {s: data.read_candle_file(shared / f"{s.replace('/', '_')}-1h.feather").loc['2021-01-01':'2021-06-30'] for s in SYMBOLS}
-    r = agent.backtest(hist)
+    r = portfolio.backtest_agent(hist)
     assert r.halt is not None
     after = r.capital.index >= r.halt['time']
     assert after.sum() > 100 and (r.capital[after] == 0).all().all() and (r.capital[~after].sum(axis=1) > 0).all()

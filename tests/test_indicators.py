@@ -114,3 +114,10 @@ def test_bad_input_is_one_clear_error(shared):
                       (lambda: ind.bbands(c, 20, k=0), 'k must be'), (lambda: ind.macd(c, 30, 20), 'shorter'),
                       (lambda: ind.realized_vol(c, 1), '>= 2')]:
         with pytest.raises(TbotError, match=msg): call()
+
+def test_the_api_runs_the_kernels_of_indicators_nb(candles):
+    from tbot import indicators_nb as nb
+    c, h, l = (candles[k].to_numpy() for k in ('close', 'high', 'low'))
+    np.testing.assert_array_equal(ind.rsi(c, 14), nb.rsi_nb(c, 14)[0])
+    np.testing.assert_array_equal(ind.adx(h, l, c, 14)[0], nb.adx_nb(h, l, c, 14)[0])
+    assert all(k.endswith('_nb') and getattr(nb, k).__doc__ for k in nb.__all__)  # public kernels, each with a docstring

@@ -6,7 +6,7 @@ from tbot import regime
 from tbot.config import TbotError
 from tbot.data import read_candle_file
 
-TBOT = str(Path(sys.executable).parent / 'tbot')
+from conftest import TBOT, one_line_error, tbot
 
 @pytest.fixture(scope='module')
 def btc(shared): return read_candle_file(shared / 'BTC_USDT-1h.feather')
@@ -82,14 +82,8 @@ def test_similar_windows_use_only_the_past(btc):
     assert full.end.diff().abs().dropna().min() >= pd.Timedelta(hours=48)  # one match per neighbourhood
     with pytest.raises(TbotError, match='too little history'): regime.similar_windows(btc, 100, window=96)
 
-def tbot(*args, check=True):
-    p = subprocess.run([TBOT, *args], capture_output=True, text=True, timeout=600)
-    if check: assert p.returncode == 0, p.stderr
-    return p
-
 @pytest.mark.slow
-def test_cli_current_regime_csv_and_errors(store, shared, tmp_path):
-    tbot('data', 'import', str(shared))
+def test_cli_current_regime_csv_and_errors(real_store, tmp_path):
     out = json.loads(tbot('regime', 'BTC/USDT', '1h', '--json', '--out', str(tmp_path / 'r.csv')).stdout)
     assert out['regime'] in regime.REGIMES and out['last_bar'] == '2026-05-16 18:00:00+00:00' and 0 <= out['agreement_24'] <= 1
     assert pd.Timestamp(out['since']) <= pd.Timestamp(out['last_bar']) and not out['synthetic']
@@ -99,16 +93,20 @@ def test_cli_current_regime_csv_and_errors(store, shared, tmp_path):
     assert 'since' in tbot('regime', 'ETH/USDT', '1h').stdout
     for args, msg in [(['regime', 'DOGE/USDT', '1h'], 'no DOGE/USDT'), (['regime', 'BTC/USDT', '1h', '--detector', 'magic'], 'invalid choice'),
                       (['regime', 'evaluate', '--seeds', 'x'], 'bad --seeds')]:
-        p = tbot(*args, check=False)
-        assert p.returncode == 2 and p.stderr.count('\n') == 1 and msg in p.stderr, p.stderr
+        one_line_error(tbot(*args, check=False), msg)
     assert not (tmp_path / 'x.csv').exists()
-    for h in (['regime', '--help'], ['regime', 'evaluate', '--help']): assert 'usage:' in tbot(*h).stdout
+    helps = [' '.join(tbot(*h).stdout.split()) for h in (['regime', '--help'], ['regime', 'evaluate', '--help'])]
+    assert all(o in helps[0] for o in ('--detector {rules,hmm}', '--out OUT', '--exchange', '--json'))
+    assert all(o in helps[1] for o in ('--seeds SEEDS', '--bars BARS', '--real', 'tuned on 0-23'))
 
 @pytest.mark.slow
-def test_cli_evaluate(store):
-    out = json.loads(tbot('regime', 'evaluate', '--seeds', '300', '--bars', '8000', '--json').stdout)['synthetic']
-    assert 0.5 < out['balanced_accuracy'] <= 1 and out['synthetic'] is True and set(out['confusion']) == set(regime.REGIMES)
-    assert 'balanced accuracy' in tbot('regime', 'evaluate', '--seeds', '300', '--bars', '5000').stdout
+def test_cli_evaluate_meets_the_targets_on_held_out_seeds(store):
+    out = json.loads(tbot('regime', 'evaluate', '--json').stdout)['synthetic']  # the default: held-out seeds 100-107, 20,000 bars
+    assert [s['seed'] for s in out['per_seed']] == list(range(100, 108)) and out['synthetic'] is True
+    assert out['balanced_accuracy'] >= 0.80 and out['balanced_accuracy'] == pytest.approx(0.815, abs=0.002)  # the README's figure
+    assert out['median_lag'] <= 48 and set(out['confusion']) == set(regime.REGIMES)
+    text = tbot('regime', 'evaluate', '--seeds', '300', '--bars', '5000').stdout
+    assert 'held-out seeds 300' in text and 'balanced accuracy' in text and '(target >= 0.80)' in text
 
 @pytest.mark.parametrize('args,msg', [
     (['regime', 'evaluate', '--seeds', '5-1'], '5 is after 1'), (['regime', 'evaluate', '--seeds', '0-100000'], 'at most 1000'),
@@ -116,14 +114,12 @@ def test_cli_evaluate(store):
     (['regime', 'evaluate', '--bars', '100'], 'at least 3000'), (['regime', 'evaluate', '--bars', 'lots'], 'not a number'),
     (['regime', 'evaluate', '--bars', '1e12'], 'at most'), (['regime', 'BTC/USDT', '1h', '--out', '/'], 'is a folder')])
 def test_cli_bad_options_are_one_line(store, args, msg):
-    p = tbot(*args, check=False)
-    assert p.returncode == 2 and p.stderr.count('\n') == 1 and msg in p.stderr and 'Traceback' not in p.stderr, p.stderr
+    one_line_error(tbot(*args, check=False), msg)
 
 def test_cli_out_needs_an_existing_folder_and_respects_the_umask(store, btc, tmp_path):
     from tbot.data import Series, write_series
     write_series(btc.loc['2023'], Series('binance', 'BTC/USDT', '1h'))
-    p = tbot('regime', 'BTC/USDT', '1h', '--out', str(tmp_path / 'nope' / 'r.csv'), check=False)
-    assert p.returncode == 2 and p.stderr.count('\n') == 1 and f"the folder {tmp_path / 'nope'} does not exist" in p.stderr, p.stderr
+    one_line_error(tbot('regime', 'BTC/USDT', '1h', '--out', tmp_path / 'nope' / 'r.csv', check=False), f"the folder {tmp_path / 'nope'} does not exist")
     assert not (tmp_path / 'nope').exists()                          # no folder made without asking
     for umask, mode in [(0o022, 0o644), (0o002, 0o664)]:
         out = tmp_path / f'r{umask:o}.csv'

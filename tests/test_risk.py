@@ -4,7 +4,7 @@ import subprocess, sys
 import numpy as np, pandas as pd, pytest
 from binance_stub import BinanceStub, point_at
 from tbot.config import TbotError
-from tbot import data, risk
+from tbot import data, exchange, risk
 from tbot.risk import (PortfolioStop, simulate_exposure, round_order, market_rules, RECORDED_MARKETS, order_for_target,
                        apply_limits)
 
@@ -18,7 +18,7 @@ def eth(shared): return data.read_candle_file(shared / 'ETH_USDT-1h.feather')
 def binance():
     "A ccxt binance exchange whose markets ccxt parsed from the recorded exchangeInfo, served on 127.0.0.1."
     with BinanceStub({}) as stub:
-        ex = point_at(data.make_exchange('binance', timeout=2), stub.url)
+        ex = point_at(exchange.connect('binance', timeout=2, credentials=False), stub.url)
         ex.load_markets()
     return ex
 
