@@ -21,7 +21,7 @@ COMMANDS = {  # name: (module, function, one-line help)
     'backtest':    ('tbot.backtest', 'cli_backtest', 'backtest one strategy'),
     'sweep':       ('tbot.sweep', 'cli_sweep', 'backtest a parameter grid'),
     'walkforward': ('tbot.walkforward', 'cli_walkforward', 'walk-forward optimisation and overfitting statistics'),
-    'agent':       ('tbot.agent', 'cli_agent', 'backtest and explain the master agent'),
+    'agent':       ('tbot.portfolio', 'cli_agent', 'backtest and explain the master agent'),
     'ledger':      ('tbot.ledger', 'cli_ledger', 'the performance ledger: which strategy works in which market'),
     'report':      ('tbot.reports', 'cli_report', 'run research notebooks with papermill into reports/'),
     'schedule':    ('tbot.schedule', 'cli_schedule', 'run the scheduled jobs of settings.ini'),

@@ -1,16 +1,19 @@
 """Every `tbot` command refuses bad input the same way: one line on stderr, a non-zero exit, no traceback, and nothing
 written. Each case runs the real console command on its own copy of a small store of real candles (with a ledger and a
-reports folder), and the copy is hashed before and after. The cases run in parallel; only the selected ones run."""
-import hashlib, os, shutil, subprocess, sys
+reports folder), and the copy is hashed before and after. The cases run in parallel; only the selected ones run.
+Each command is forked from a server that has imported pandas & co once (tests/forked.py): a process of its own that imports
+tbot and runs the console command's `main`, without the 1-2 s of Python and library start that 100 commands would cost."""
+import hashlib, os, queue, shutil, sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 import pytest
+from forked import Forker
 from tbot.data import Series, read_candle_file, write_series
 from tbot.ledger import Ledger
 
-pytestmark = pytest.mark.slow  # ~100 command starts of 1-2 s each
-TBOT = str(Path(sys.executable).parent / 'tbot')
+pytestmark = pytest.mark.slow  # ~100 commands
+WORKERS = 3
 ROOT = Path(__file__).resolve().parents[1]
 NOWHERE = Path('/nonexistent')
 BAD_SCHEDULE = 'BAD_SCHEDULE'  # env marker: TBOT_SETTINGS points at a settings file with a job that runs every 1e20 days
@@ -178,8 +181,8 @@ def tree(*roots:Path)->dict:
 class Outcome:
     rc:int; stdout:str; stderr:str; before:dict; after:dict; created_nowhere:bool
 
-def run_case(case:Case, template:Path, base:Path)->Outcome:
-    "Run one case on its own copy of the template world."
+def run_case(case:Case, template:Path, base:Path, fk:Forker)->Outcome:
+    "Run one case on its own copy of the template world, as a command forked by `fk`."
     root = base / case.id
     shutil.copytree(template, root)
     dirs = [root / 'data', root / 'reports', root / 'work']
@@ -189,11 +192,12 @@ def run_case(case:Case, template:Path, base:Path)->Outcome:
     for k, v in (case.env or {}).items(): env[k] = str(root / 'bad_schedule.ini') if v == BAD_SCHEDULE else v
     nowhere = NOWHERE.exists()
     before = tree(*dirs)
-    try:
-        p = subprocess.run([TBOT, *case.args], cwd=root / 'work', env=env, capture_output=True, text=True, timeout=90)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = None, str(e.stdout or ''), f'timed out after 90 s (it started the work instead of refusing)\n{e.stderr or ""}'
+    out, err = base / f'{case.id}.stdout', base / f'{case.id}.stderr'
+    fk.start(case.args, env=env, cwd=root / 'work', stdout=out, stderr=err)
+    rc = fk.wait(timeout=90)
+    if rc is None: fk.kill(); fk.wait()                    # (None: it started the work instead of refusing)
+    out, err = out.read_text(errors='replace'), err.read_text(errors='replace')
+    if rc is None: err = f'timed out after 90 s (it started the work instead of refusing)\n{err}'
     return Outcome(rc, out, err, before, tree(*dirs), NOWHERE.exists() and not nowhere)
 
 @pytest.fixture(scope='session')
@@ -206,11 +210,20 @@ def outcomes(request, template, tmp_path_factory):
     def tidy():  # a case that created /nonexistent fails for it; remove it so that it leaves no trace and misleads no other case
         if NOWHERE.is_dir() and not nowhere: shutil.rmtree(NOWHERE)
     elsewhere = lambda c: any(str(x).startswith(str(NOWHERE)) for x in c.args)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        out = dict(zip([c.id for c in todo if not elsewhere(c)], pool.map(lambda c: run_case(c, template, base), [c for c in todo if not elsewhere(c)])))
-    for c in filter(elsewhere, todo):  # one at a time
-        try: out[c.id] = run_case(c, template, base)
-        finally: tidy()
+    servers = queue.Queue()
+    def run(c):
+        fk = servers.get()
+        try: return run_case(c, template, base, fk)
+        finally: servers.put(fk)
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for fk in pool.map(lambda _: Forker(), range(WORKERS)): servers.put(fk)
+        try:
+            out = dict(zip([c.id for c in todo if not elsewhere(c)], pool.map(run, [c for c in todo if not elsewhere(c)])))
+            for c in filter(elsewhere, todo):  # one at a time
+                try: out[c.id] = run(c)
+                finally: tidy()
+        finally:
+            while not servers.empty(): servers.get().close()
     return out
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])

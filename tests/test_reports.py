@@ -229,7 +229,7 @@ def test_sigterm_keeps_the_run_in_failed_marked_terminated(store, tmp_path):
 
 @pytest.mark.slow
 def test_walkforward_splits_init_cash_across_symbols_like_the_backtest(store, shared):
-    from tbot import backtest as bt
+    from tbot.walkforward import walk_forward
     from tbot import data
     from tbot.console import jsonable
     for s in ('BTC/USDT', 'ETH/USDT'):
@@ -240,7 +240,7 @@ def test_walkforward_splits_init_cash_across_symbols_like_the_backtest(store, sh
     assert p.returncode == 0, p.stderr
     run = Path(json.loads(p.stdout)['folder'])
     m = json.loads((run / 'metrics.json').read_text())
-    direct = bt.walk_forward(data.load('ETH/USDT', '1h'), 'ema_cross', grid, train='120D', test='60D', init_cash=500)
+    direct = walk_forward(data.load('ETH/USDT', '1h'), 'ema_cross', grid, train='120D', test='60D', init_cash=500)
     assert m['per_symbol']['ETH/USDT']['out_of_sample'] == jsonable(dict(direct.oos.stats))  # each symbol trades half of 1000
     assert m['assumptions']['init_cash'] == 1000 and m['assumptions']['init_cash_per_symbol'] == 500
 
@@ -281,7 +281,7 @@ def test_main_job_on_an_empty_store_offline_is_labelled_synthetic(store):
 @pytest.mark.slow
 def test_agent_report_with_bots_on_their_own_timeframes(store, shared):
     "The agent's report with core and risk on 1h and scalping on 5m: every data file in the manifest, metrics equal a direct call."
-    from tbot import agent, data
+    from tbot import data, portfolio
     from tbot.console import jsonable
     files = {}
     for s in ('BTC/USDT', 'ETH/USDT'):
@@ -295,7 +295,7 @@ def test_agent_report_with_bots_on_their_own_timeframes(store, shared):
     assert {(d['symbol'], d['timeframe']) for d in m['data']} == set(files)
     assert {d['sha256'] for d in m['data']} == {sha256(f) for f in files.values()}
     assert m['assumptions']['timeframe'] == 'core 1h, scalping 5m, risk 1h' and m['assumptions']['bot_timeframes'] == {'core': '1h', 'scalping': '5m', 'risk': '1h'}
-    direct = agent.backtest({k: data.load(*k) for k in files})
+    direct = portfolio.backtest_agent({k: data.load(*k) for k in files})
     metrics = json.loads((run / 'metrics.json').read_text())
     assert metrics['stats'] == jsonable(dict(direct.stats))
     assert 'core 1h, scalping 5m, risk 1h' in m['summary']
