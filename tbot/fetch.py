@@ -70,9 +70,10 @@ def fetch(
     if since > pd.Timestamp.now(tz='UTC'): raise TbotError(f"--since {since:%Y-%m-%d %H:%M} is in the future")
     ex_id = ex.id if ex is not None else exchange or s.get('exchange', 'id')
     todo = [Series(ex_id, sym, tf) for sym in symbols for tf in timeframes]  # bad symbols and timeframes fail before any request
+    root = store_root(data_dir)/ex_id                                        # a store that is a file fails before any request too
     ex = ex or Exchange(connect(ex_id, credentials=False))                   # public data: no API keys needed
     for x in todo: ex.grid(x.symbol, x.timeframe)                            # the exchange has them all, or one line
-    clean_store(store_root(data_dir)/ex_id)
+    clean_store(root)
     return [fetch_series(ex, x, since, data_dir, progress=progress, **kw) for x in todo]
 
 # %% ../nbs/11b_fetch.ipynb #496942ee

@@ -124,12 +124,12 @@ def _cases()->list[Case]:
     add('ledger-as-of-bad-date', 'ledger', 'matrix', '--as-of', '2022-13-45')
     add('ledger-store-is-a-file', 'ledger', 'runs', env={'TBOT_DATA_DIR': '/etc/passwd'})
     # report
-    add('report-unknown-strategy', 'report', 'backtest', '-p', 'strategy', 'ema_crss')
-    add('report-fees-negative', 'report', 'backtest', '-p', 'fees', '-0.001')
-    add('report-unknown-symbol', 'report', 'backtest', '-p', 'symbols', 'XRP/USDT')
-    add('report-timeframe-7h', 'report', 'backtest', '-p', 'timeframe', '7h')
+    add('report-unknown-strategy', 'report', 'backtest', '-p', 'strategy=ema_crss')
+    add('report-fees-negative', 'report', 'backtest', '-p', 'fees=-0.001')
+    add('report-unknown-symbol', 'report', 'backtest', '-p', 'symbols=XRP/USDT')
+    add('report-timeframe-7h', 'report', 'backtest', '-p', 'timeframe=7h')
     add('report-timeout-negative', 'report', 'backtest', '--timeout', '-1')
-    add('report-start-bad-date', 'report', 'backtest', '-p', 'start', '2022-13-45')
+    add('report-start-bad-date', 'report', 'backtest', '-p', 'start=2022-13-45')
     add('report-unknown-notebook', 'report', 'nope')
     # schedule
     add('schedule-list-huge-interval', 'schedule', '--list', env={'TBOT_SETTINGS': BAD_SCHEDULE})

@@ -158,13 +158,15 @@ def test_the_readme_commands_work_from_an_empty_folder(installed):
     steps = [('data', 'import', SHARED), ('data', 'list'), ('strategies',),
              ('backtest', '--strategy', 'ema_cross', '--symbol', 'BTC/USDT', '--timeframe', '1h'),
              ('agent', 'backtest', '--start', '2025-01-01')]
+    out = {}
     for args in steps:
         p = installed(*args)
         assert p.returncode == 0 and 'Traceback' not in p.stderr, (args, p.stderr[-2000:])
         assert 'is missing' not in p.stderr
-    assert 'BTC/USDT' in installed('data', 'list').stdout
+        out[args] = p.stdout
+    assert 'BTC/USDT' in out[('data', 'list')]                    # the list after the import
     assert (installed.home / 'data' / 'binance' / 'BTC_USDT-1h.parquet').is_file()
-    p = installed('report', 'backtest', '-p', 'symbols', 'BTC/USDT', '-p', 'start', '2025-01-01', '-p', 'end', '2025-03-31', '--json')
+    p = installed('report', 'backtest', '-p', 'symbols=BTC/USDT', '-p', 'start=2025-01-01', '-p', 'end=2025-03-31', '--json')
     assert p.returncode == 0, p.stderr[-3000:]
     runs = [d for d in (installed.home / 'reports').iterdir() if d.is_dir() and d.name.endswith('-backtest')]
     assert len(runs) == 1 and (runs[0] / 'manifest.json').is_file()
