@@ -369,7 +369,8 @@ def _switch_row(p:Plan, t:int, b:int, s:int, c:np.ndarray)->dict:
             'reason': f"regime={reg} since {since} → {bot} on {sym}: {name} (score {p.score[t, b, s]:.2f}{alt}), split {_split_text(p.split.iloc[t])}"}
 
 def decision_log(
-    p:Plan, # the plan
+    p:Plan,               # the plan
+    bars:range|None=None, # only these bars (positions in the plan); all when None
 )->pd.DataFrame: # time, kind, bot, symbol, regime, strategy, score, split, reason
     "One row per decision the agent made: regime changes and strategy switches, with reasons."
     rows = []
@@ -379,7 +380,9 @@ def decision_log(
     ch = p.choice
     switched = np.zeros(ch.shape, np.bool_); switched[0] = ch[0] >= 0; switched[1:] = (ch[1:] != ch[:-1]) & (ch[1:] >= 0)
     new_regime = np.r_[True, prim[1:] != prim[:-1]]
-    for t in np.flatnonzero(new_regime | switched.any(axis=(1, 2))):
+    todo = np.flatnonzero(new_regime | switched.any(axis=(1, 2)))
+    if bars is not None: todo = todo[(todo >= bars.start) & (todo < bars.stop)]
+    for t in todo:
         ts = p.index[t]
         if new_regime[t]:
             reg = REGIMES[prim[t]] if prim[t] >= 0 else 'unknown'

@@ -148,10 +148,12 @@ class Settings:
         self.defaults = default_settings_file()
         self.env = os.environ if env is None else env
         self.cp = _read_ini(self.defaults)
+        self.own_sections = set(self.cp.sections())   # the sections the settings file itself has
         if self.path and self.path.resolve() != self.defaults.resolve():
             own = _read_ini(self.path)
             for sec in set(own.sections()) & set(self.replaced): self.cp.remove_section(sec)
             self.cp.read_dict(own)
+            self.own_sections = set(own.sections())
         self.root = self.path.parent.resolve() if self.path else Path.cwd()
 
     def get(self, section:str, key:str, default=None)->str|None:

@@ -16,9 +16,9 @@ from .console import ArgParser, emit, table
 from .data import REGIMES, bars_per_year
 
 # %% auto #0
-__all__ = ['MIGRATIONS', 'KINDS', 'SCHEMA_VERSION', 'METRICS', 'EVIDENCE', 'TRADE_COLUMNS', 'RUN_IDENTITY', 'ledger_path',
-           'connect', 'migrate', 'performance_records', 'distinct_evidence', 'aggregate', 'data_hash', 'Ledger',
-           'cli_ledger']
+__all__ = ['MIGRATIONS', 'KINDS', 'SCHEMA_VERSION', 'METRICS', 'EVIDENCE', 'TRADE_COLUMNS', 'RUN_IDENTITY', 'utc_text',
+           'ledger_path', 'connect', 'migrate', 'performance_records', 'distinct_evidence', 'aggregate', 'data_hash',
+           'Ledger', 'cli_ledger']
 
 # %% ../nbs/08_ledger.ipynb #8847c1c9
 MIGRATIONS = [  # append only: each entry is one schema version, a list of statements
@@ -75,17 +75,44 @@ MIGRATIONS = [  # append only: each entry is one schema version, a list of state
      "INSERT INTO runs_new SELECT id, kind, name, created, version, params, data_hashes, assumptions, sample, synthetic FROM runs",
      "DROP TABLE runs",
      "ALTER TABLE runs_new RENAME TO runs"],
+    # 4: trading (paper, later live). One account per mode; one row per processed bar; orders with deterministic ids; fills;
+    # the agent's decisions and events. Cash and positions are never stored: they are the sum of the fills.
+    ["""CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY, mode TEXT NOT NULL UNIQUE CHECK (mode IN ('paper', 'live')),
+        created TEXT NOT NULL, version TEXT NOT NULL, start TEXT NOT NULL, init_cash REAL NOT NULL, config TEXT NOT NULL)""",
+     """CREATE TABLE bars (
+        account INTEGER NOT NULL REFERENCES accounts(id), time TEXT NOT NULL, n INTEGER NOT NULL,
+        equity REAL NOT NULL, status TEXT NOT NULL, risk TEXT NOT NULL, prices TEXT NOT NULL, targets TEXT NOT NULL,
+        regimes TEXT NOT NULL, split TEXT NOT NULL, strategies TEXT NOT NULL, lag REAL, done TEXT NOT NULL,
+        PRIMARY KEY (account, time), UNIQUE (account, n)) WITHOUT ROWID""",
+     """CREATE TABLE orders (
+        id TEXT PRIMARY KEY, account INTEGER NOT NULL REFERENCES accounts(id), bar TEXT NOT NULL, bot TEXT NOT NULL,
+        symbol TEXT NOT NULL, intent TEXT NOT NULL, side TEXT NOT NULL, amount REAL NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL,
+        UNIQUE (account, bot, symbol, bar, intent))""",
+     """CREATE TABLE fills (
+        order_id TEXT PRIMARY KEY REFERENCES orders(id), account INTEGER NOT NULL REFERENCES accounts(id), seq INTEGER NOT NULL,
+        time TEXT NOT NULL, symbol TEXT NOT NULL, units REAL NOT NULL, price REAL NOT NULL, fee REAL NOT NULL, UNIQUE (account, seq))""",
+     """CREATE TABLE trade_decisions (
+        id INTEGER PRIMARY KEY, account INTEGER NOT NULL REFERENCES accounts(id), time TEXT NOT NULL, kind TEXT NOT NULL,
+        bot TEXT, symbol TEXT, regime TEXT, strategy TEXT, score REAL, split TEXT, reason TEXT NOT NULL)""",
+     """CREATE TABLE events (
+        id INTEGER PRIMARY KEY, account INTEGER NOT NULL REFERENCES accounts(id), at TEXT NOT NULL, time TEXT,
+        kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', data TEXT NOT NULL DEFAULT '{}', applied TEXT)""",
+     "CREATE INDEX fills_by_time ON fills(account, time)",
+     "CREATE INDEX trade_decisions_by_time ON trade_decisions(account, time)",
+     "CREATE INDEX events_by_account ON events(account, kind, id)"],
 ]
 KINDS = ['backtest', 'sweep', 'walkforward', 'agent', 'agent_walkforward', 'paper', 'live']  # what the newest schema accepts
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # %% ../nbs/08_ledger.ipynb #264ad701
-def _ts(t)->str|None:
+def utc_text(t)->str|None:
     "One fixed-width UTC text form, so text order is time order."
     if t is None or (not isinstance(t, str) and pd.isna(t)): return None
     t = pd.Timestamp(t)
     if t.tzinfo is None: raise TbotError(f"timestamp {t} has no timezone: tbot's times are UTC")
     return t.tz_convert('UTC').strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+_ts = utc_text
 
 def ledger_path()->Path:
     "Where the ledger lives: `<data_dir>/ledger.sqlite`."

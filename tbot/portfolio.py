@@ -21,7 +21,8 @@ from .timeframes import plan, cut, bot_frames, plan_frames, closed_asof, take_ro
 
 # %% auto #0
 __all__ = ['agent_trades', 'attribution', 'halt_text', 'AgentResult', 'backtest_agent', 'explain', 'single_run',
-           'walk_forward_agent', 'shadow_performance', 'record', 'load_data', 'load_bot_data', 'cli_agent']
+           'walk_forward_agent', 'shadow_performance', 'record', 'load_data', 'common_range', 'load_bot_data',
+           'cli_agent']
 
 # %% ../nbs/07c_portfolio.ipynb #b775db87
 def _orders(fills:pd.DataFrame, index, symbols)->np.ndarray:
@@ -419,9 +420,16 @@ def load_data(
     frames = {s: load(s, timeframe, exchange, end=end) for s in symbols}
     for s, f in frames.items():
         if len(f) < 2: raise TbotError(f"no {s} {timeframe} candles" + (f" at or before {end}" if end else ''))
+    return common_range(frames, timeframe)
+
+def common_range(
+    frames:dict,    # {symbol: candles} of one timeframe
+    timeframe:str,  # their bar size
+)->dict:            # the same, cut to the span every symbol covers
+    "Candles cut to the time range all symbols share; inside it the bars must agree (`market_frames` checks)."
     lo = max(f.index[0] for f in frames.values()); hi = min(f.index[-1] for f in frames.values())
-    if lo >= hi: raise TbotError(f"{', '.join(symbols)} {timeframe} candles share no time range")
-    frames = {s: f.loc[lo:hi] for s, f in frames.items()}  # a common range; inside it the bars must agree (`market_frames` checks)
+    if lo >= hi: raise TbotError(f"{', '.join(frames)} {timeframe} candles share no time range")
+    frames = {s: f.loc[lo:hi] for s, f in frames.items()}
     for f in frames.values(): f.attrs['timeframe'] = timeframe
     return frames
 

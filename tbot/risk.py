@@ -18,9 +18,9 @@ from .data import bars_per_year
 # %% auto #0
 __all__ = ['ACTIVE', 'HALTED', 'PAUSED', 'STATUS', 'DECIMAL_PLACES', 'SIGNIFICANT_DIGITS', 'TICK_SIZE', 'RECORDED_MARKETS',
            'RiskConfig', 'risk_config', 'stop_state', 'stop_new_bar', 'stop_check', 'stop_end_bar', 'PortfolioStop',
-           'simulate_nb', 'Simulation', 'simulate_exposure', 'vol_scale', 'mult_step', 'win_loss_multiplier',
-           'SizeMultiplier', 'kelly_exposure', 'apply_limits', 'MarketRules', 'market_rules', 'OrderCheck',
-           'round_order', 'order_for_target']
+           'step_nb', 'simulate_nb', 'Simulation', 'simulate_exposure', 'stop_reason', 'vol_scale', 'mult_step',
+           'win_loss_multiplier', 'SizeMultiplier', 'kelly_exposure', 'apply_limits', 'MarketRules', 'market_rules',
+           'OrderCheck', 'round_order', 'order_for_target']
 
 # %% ../nbs/06_risk.ipynb #e9116c8f
 @dataclass
@@ -233,6 +233,90 @@ def _fill(cash, units, price, side, fees, slippage):
     return cash - units * px - abs(units * px) * fees, abs(units * px) * fees
 
 @njit(cache=True)
+def _record(out, n, k, units, price, fee):
+    out[n, 0] = k; out[n, 1] = units; out[n, 2] = price; out[n, 3] = fee
+    return n + 1
+
+@njit(cache=True)
+def _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band):
+    "Trade each symbol towards the target decided on the last close, at this bar's open: sells first, so buys can use the cash."
+    K = len(o)
+    for sells in (True, False):
+        for k in range(K):
+            if np.isnan(o[k]) or np.isnan(prev_target[k]): continue
+            px = o[k]
+            want = prev_target[k] * e_open / px
+            if amount_step[k] > 0: want = np.trunc(want / amount_step[k]) * amount_step[k]
+            trade = want - pos[k]
+            if abs(trade * px) <= 1e-9 * abs(e_open) or (trade < 0) != sells: continue
+            if want != 0.0 and abs(trade * px) < max(band * abs(e_open), min_notional[k]): continue   # closing is always allowed
+            if trade > 0:                                    # spot: buys are limited to the cash there is
+                trade = min(trade, max(book[0], 0.0) / (px * (1.0 + slippage) * (1.0 + fees)))
+                if amount_step[k] > 0: trade = np.floor(trade / amount_step[k]) * amount_step[k]
+                if trade <= 0 or trade * px < min_notional[k]: continue
+            side = 1.0 if trade > 0 else -1.0
+            book[0], fp = _fill(book[0], trade, px, side, fees, slippage)
+            nf = _record(out, nf, k, trade, px * (1.0 + slippage * side), fp)
+            book[1] += fp; pos[k] += trade
+    return nf
+
+@njit(cache=True)
+def step_nb(
+    o:np.ndarray, h:np.ndarray, l:np.ndarray, c:np.ndarray, # (symbols,) this bar's prices; NaN = no bar
+    prev_target:np.ndarray, # (symbols,) exposure decided on the previous bar's close
+    day:int,                # the bar's UTC day number
+    trade:bool,             # False on the first bar: nothing was decided before it
+    book:np.ndarray,        # [cash, fees paid], changed in place
+    pos:np.ndarray, last:np.ndarray, s:np.ndarray, # units held, last close per symbol, stop state: changed in place
+    out:np.ndarray,         # (2 x symbols, 4) filled with this bar's fills: symbol, units (signed), price after slippage, fee
+    fees:float, slippage:float, min_notional:np.ndarray, amount_step:np.ndarray, band:float,
+)->tuple:                   # (fills, of which rebalances, equity, status, exit fraction, what fired, resumed)
+    "One bar for a portfolio: fill the last close's targets at the open, run the stop inside the bar, mark at the close."
+    K = len(c); nf = 0
+    was = s[_STATUS]
+    stop_new_bar(s, day)
+    resumed = was == PAUSED and s[_STATUS] == ACTIVE
+    po = np.empty(K); pw = np.empty(K)
+    for k in range(K):
+        ok = not np.isnan(o[k])
+        po[k] = o[k] if ok else last[k]
+        pw[k] = (l[k] if pos[k] > 0 else h[k]) if ok else last[k]
+    invested = False
+    for k in range(K): invested = invested or pos[k] != 0
+    e_open = book[0]
+    for k in range(K):
+        if pos[k] != 0: e_open += pos[k] * po[k]
+    f = -1.0
+    if invested: f, st = stop_check(s, e_open, e_open)          # gapped through the floor at the open
+    if f < 0 and s[_STATUS] == ACTIVE and trade:
+        nf = _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band)
+        invested = False; e_open = book[0]; e_worst = book[0]
+        for k in range(K):
+            if pos[k] != 0:
+                invested = True; e_open += pos[k] * po[k]
+                pw[k] = (l[k] if pos[k] > 0 else h[k]) if not np.isnan(o[k]) else last[k]
+                e_worst += pos[k] * pw[k]
+        if invested: f, st = stop_check(s, e_open, e_worst)
+    fired = 0; nr = nf
+    if f >= 0:  # flatten everything that has a bar
+        fired = int(s[_STATUS])
+        for k in range(K):
+            if pos[k] == 0 or np.isnan(o[k]): continue
+            px = po[k] + f * (pw[k] - po[k])
+            side = -1.0 if pos[k] > 0 else 1.0
+            book[0], fp = _fill(book[0], -pos[k], px, side, fees, slippage)
+            nf = _record(out, nf, k, -pos[k], px * (1.0 + slippage * side), fp)
+            book[1] += fp; pos[k] = 0.0
+    eq = book[0]
+    for k in range(K):
+        if not np.isnan(c[k]): last[k] = c[k]
+        if pos[k] != 0: eq += pos[k] * last[k]
+    was = s[_STATUS]
+    status = stop_end_bar(s, eq)
+    if was != HALTED and status == HALTED: fired = HALTED
+    return nf, nr, eq, status, f, fired, resumed
+
+@njit(cache=True)
 def simulate_nb(
     open_:np.ndarray, high:np.ndarray, low:np.ndarray, close:np.ndarray, # (bars, symbols) prices; NaN = no bar
     target:np.ndarray,        # (bars, symbols) exposure decided on each bar's close
@@ -242,73 +326,20 @@ def simulate_nb(
     amount_step:np.ndarray,   # (symbols,) amounts are rounded towards zero to multiples of this (0 = fractional)
     band:float,               # skip rebalances smaller than this fraction of equity (0 = always rebalance)
 ):
-    "The bar loop: fills at the next open, the stop inside each bar. Returns equity, status, units held, exit fraction, what fired, resumes, fees, fills."
+    "The bar loop: `step_nb` on every bar. Returns equity, status, units held, exit fraction, what fired, resumes, fees, fills."
     T, K = close.shape
     fills = np.zeros((2 * T * K, 5)); nf = 0  # bar, symbol, units (signed), price after slippage, fee
     s = stop_state(init_cash, stop, daily_loss_limit)
-    cash = init_cash; pos = np.zeros(K); last = np.full(K, np.nan)
-    equity = np.empty(T); status = np.empty(T, np.int8); held = np.zeros((T, K)); frac = np.full(T, -1.0); fees_paid = 0.0
+    book = np.array([init_cash, 0.0]); pos = np.zeros(K); last = np.full(K, np.nan); out = np.zeros((2 * K, 4))
+    equity = np.empty(T); status = np.empty(T, np.int8); held = np.zeros((T, K)); frac = np.full(T, -1.0)
     fired = np.zeros(T, np.int8); resumed = np.zeros(T, np.bool_)
     for t in range(T):
-        was = s[_STATUS]
-        stop_new_bar(s, day[t])
-        resumed[t] = was == PAUSED and s[_STATUS] == ACTIVE
-        po = np.empty(K); pw = np.empty(K)
-        for k in range(K):
-            ok = not np.isnan(open_[t, k])
-            po[k] = open_[t, k] if ok else last[k]
-            pw[k] = (low[t, k] if pos[k] > 0 else high[t, k]) if ok else last[k]
-        invested = False
-        for k in range(K): invested = invested or pos[k] != 0
-        e_open = cash
-        for k in range(K):
-            if pos[k] != 0: e_open += pos[k] * po[k]
-        f = -1.0
-        if invested: f, st = stop_check(s, e_open, e_open)          # gapped through the floor at the open
-        if f < 0 and s[_STATUS] == ACTIVE and t > 0:                 # rebalance to the target decided on the last close
-            for sells in (True, False):                            # sells first, so buys can use the cash
-                for k in range(K):
-                    if np.isnan(open_[t, k]) or np.isnan(target[t-1, k]): continue
-                    px = open_[t, k]
-                    want = target[t-1, k] * e_open / px
-                    if amount_step[k] > 0: want = np.trunc(want / amount_step[k]) * amount_step[k]
-                    trade = want - pos[k]
-                    if abs(trade * px) <= 1e-9 * abs(e_open) or (trade < 0) != sells: continue
-                    closing = want == 0.0
-                    if not closing and abs(trade * px) < max(band * abs(e_open), min_notional[k]): continue
-                    if trade > 0:                                    # spot: buys are limited to the cash there is
-                        trade = min(trade, max(cash, 0.0) / (px * (1.0 + slippage) * (1.0 + fees)))
-                        if amount_step[k] > 0: trade = np.floor(trade / amount_step[k]) * amount_step[k]
-                        if trade <= 0 or trade * px < min_notional[k]: continue
-                    cash, fp = _fill(cash, trade, px, 1.0 if trade > 0 else -1.0, fees, slippage)
-                    fills[nf, 0] = t; fills[nf, 1] = k; fills[nf, 2] = trade; fills[nf, 3] = px * (1.0 + slippage * (1.0 if trade > 0 else -1.0)); fills[nf, 4] = fp; nf += 1
-                    fees_paid += fp; pos[k] += trade
-            invested = False; e_open = cash; e_worst = cash
-            for k in range(K):
-                if pos[k] != 0:
-                    invested = True; e_open += pos[k] * po[k]
-                    pw[k] = (low[t, k] if pos[k] > 0 else high[t, k]) if not np.isnan(open_[t, k]) else last[k]
-                    e_worst += pos[k] * pw[k]
-            if invested: f, st = stop_check(s, e_open, e_worst)
-        if f >= 0:  # flatten everything that has a bar
-            frac[t] = f; fired[t] = s[_STATUS]
-            for k in range(K):
-                if pos[k] == 0 or np.isnan(open_[t, k]): continue
-                px = po[k] + f * (pw[k] - po[k])
-                side = -1.0 if pos[k] > 0 else 1.0
-                cash, fp = _fill(cash, -pos[k], px, side, fees, slippage)
-                fills[nf, 0] = t; fills[nf, 1] = k; fills[nf, 2] = -pos[k]; fills[nf, 3] = px * (1.0 + slippage * side); fills[nf, 4] = fp; nf += 1
-                fees_paid += fp; pos[k] = 0.0
-        eq = cash
-        for k in range(K):
-            if not np.isnan(close[t, k]): last[k] = close[t, k]
-            if pos[k] != 0: eq += pos[k] * last[k]
-            held[t, k] = pos[k]
-        equity[t] = eq
-        was = s[_STATUS]
-        status[t] = stop_end_bar(s, eq)
-        if was != HALTED and status[t] == HALTED: fired[t] = HALTED
-    return equity, status, held, frac, fired, resumed, fees_paid, fills[:nf]
+        n, _, equity[t], status[t], f, fired[t], resumed[t] = step_nb(open_[t], high[t], low[t], close[t], target[t-1] if t > 0 else target[0], day[t],
+                                                                   t > 0, book, pos, last, s, out, fees, slippage, min_notional, amount_step, band)
+        if f >= 0: frac[t] = f
+        fills[nf:nf+n, 0] = t; fills[nf:nf+n, 1:] = out[:n]; nf += n
+        held[t] = pos
+    return equity, status, held, frac, fired, resumed, book[1], fills[:nf]
 
 # %% ../nbs/06_risk.ipynb #4ceb2442
 @dataclass
@@ -374,6 +405,17 @@ def simulate_exposure(
     assumptions.update({'rebalance_band': rebalance_band, 'exchange_rules': sorted(rules)})
     return Simulation(equity, status, pd.DataFrame(held, index, list(prices)), events, float(fees_paid), fills, assumptions, stats)
 
+def stop_reason(
+    fired:int,        # HALTED or PAUSED
+    frac:float,       # where in the bar the exit was: 0 at the open, > 0 inside, < 0 at the close
+    init_cash:float, stop:float, daily:float, # the start and the two limits
+)->str:
+    "Why the portfolio was flattened, in words: the stop or the daily limit, and where in the bar."
+    where = 'at the open (gapped through)' if frac == 0 else 'during the bar' if frac > 0 else 'at the close'
+    if fired == HALTED:
+        return f"portfolio stop: equity reached {1-stop:.0%} of the {init_cash:,.2f} start {where}; flattened; halted until a human resets it"
+    return f"daily loss limit: equity fell {daily:.0%} below the day's start {where}; flattened; paused until the next UTC day"
+
 def _events(equity, fired, resumed, frac, init_cash, stop, daily)->pd.DataFrame:
     "What fired and what was lifted, in words, in the order `PortfolioStop` records them."
     rows = []
@@ -382,11 +424,8 @@ def _events(equity, fired, resumed, frac, init_cash, stop, daily)->pd.DataFrame:
             rows.append({'time': equity.index[i], 'event': 'resumed', 'equity': float(equity.iloc[i-1]),
                          'reason': 'a new UTC day began: the daily loss limit is lifted'})
         if fired[i]:
-            where = 'at the open (gapped through)' if frac[i] == 0 else 'during the bar' if frac[i] > 0 else 'at the close'
-            if fired[i] == HALTED:
-                why = f"portfolio stop: equity reached {1-stop:.0%} of the {init_cash:,.2f} start {where}; flattened; halted until a human resets it"
-            else: why = f"daily loss limit: equity fell {daily:.0%} below the day's start {where}; flattened; paused until the next UTC day"
-            rows.append({'time': equity.index[i], 'event': STATUS[fired[i]], 'equity': float(equity.iloc[i]), 'reason': why})
+            rows.append({'time': equity.index[i], 'event': STATUS[fired[i]], 'equity': float(equity.iloc[i]),
+                         'reason': stop_reason(int(fired[i]), float(frac[i]), init_cash, stop, daily)})
     return pd.DataFrame(rows, columns=['time', 'event', 'equity', 'reason'])
 
 # %% ../nbs/06_risk.ipynb #bef95598
