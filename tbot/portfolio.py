@@ -20,9 +20,9 @@ from .agent import Plan, Policy, load_policy, market_frames, decision_log, score
 from .timeframes import plan, cut, bot_frames, plan_frames, closed_asof, take_rows, is_multi
 
 # %% auto #0
-__all__ = ['agent_trades', 'attribution', 'halt_text', 'AgentResult', 'backtest_agent', 'explain', 'single_run',
+__all__ = ['agent_trades', 'attribution', 'halt_text', 'AgentResult', 'benchmark', 'backtest_agent', 'explain', 'single_run',
            'walk_forward_agent', 'shadow_performance', 'record', 'load_data', 'common_range', 'load_bot_data',
-           'cli_agent']
+           'policy_for', 'cli_agent']
 
 # %% ../nbs/07c_portfolio.ipynb #b775db87
 def _orders(fills:pd.DataFrame, index, symbols)->np.ndarray:
@@ -138,7 +138,7 @@ def plot(self:AgentResult, title:str|None=None):
     return fig
 
 # %% ../nbs/07c_portfolio.ipynb #84d6091a
-def _benchmark(frames:dict, fees, slippage, init_cash, fill, start:int=0)->Result:
+def benchmark(frames:dict, fees, slippage, init_cash, fill, start:int=0)->Result:
     "Buy-and-hold of every market, equal weights, same fees, slippage and fill."
     parts = [buy_and_hold(df, fees, slippage, init_cash / len(frames), fill, start) for df in frames.values()]
     equity = sum(r.equity for r in parts).rename('equity')
@@ -206,7 +206,7 @@ def backtest_agent(
     trades = agent_trades(sim.fills, close)
     st = compute_stats(sim.equity, trades, sim.fees_paid, c.init_cash, exposure=(sim.units != 0).any(axis=1).to_numpy())
     st.update({'min_equity': sim.stats['min_equity'], 'halted_at': sim.stats['halted_at']})
-    bench = _benchmark(frames_t, c.fees, c.slippage, c.init_cash, 'next_open')
+    bench = benchmark(frames_t, c.fees, c.slippage, c.init_cash, 'next_open')
     bench.stats['min_equity'] = float(bench.equity.min() / c.init_cash)
     assumptions = _assumptions(p, frames, sim, rules, st, c, sample, detector, rebalance_band)
     bench.assumptions.update({k: assumptions[k] for k in ('sample', 'start', 'end', 'bars', 'symbols', 'timeframe', 'synthetic')})
@@ -473,7 +473,7 @@ def _agent_parser(prog:str)->ArgParser:
     ex.add_argument('--at', required=True, help='the bar to explain (UTC), e.g. 2022-06-18')
     return p
 
-def _policy_for(symbols:list[str]|None)->Policy:
+def policy_for(symbols:list[str]|None)->Policy:
     "The settings' policy, with every bot trading `symbols` when given."
     pol = load_policy()
     if symbols:
@@ -525,7 +525,7 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     if a.cmd == 'backtest' and a.walk_forward: parse_duration(a.train, '--train'); parse_duration(a.test, '--test')
     c = costs(a.fees, a.slippage, 'next_open', a.init_cash)
     cost = {'fees': c.fees, 'slippage': c.slippage, 'init_cash': c.init_cash}
-    pol = _policy_for(a.symbols.split(',') if a.symbols else None)
+    pol = policy_for(a.symbols.split(',') if a.symbols else None)
     end = end if a.cmd == 'backtest' else at
     data = load_bot_data(pol, a.exchange, end) if a.bot_timeframes else load_data(pol.symbols, a.timeframe, a.exchange, end=end)
     if a.cmd == 'explain':
