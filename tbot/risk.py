@@ -17,8 +17,8 @@ from .data import bars_per_year
 
 # %% auto #0
 __all__ = ['ACTIVE', 'HALTED', 'PAUSED', 'STATUS', 'DECIMAL_PLACES', 'SIGNIFICANT_DIGITS', 'TICK_SIZE', 'RECORDED_MARKETS',
-           'RiskConfig', 'risk_config', 'stop_state', 'stop_new_bar', 'stop_check', 'stop_end_bar', 'PortfolioStop',
-           'step_nb', 'simulate_nb', 'Simulation', 'simulate_exposure', 'stop_reason', 'vol_scale', 'mult_step',
+           'RiskConfig', 'risk_config', 'stop_state', 'stop_new_bar', 'stop_check', 'stop_end_bar', 'step_nb',
+           'simulate_nb', 'Simulation', 'simulate_exposure', 'stop_reason', 'vol_scale', 'mult_step',
            'win_loss_multiplier', 'SizeMultiplier', 'kelly_exposure', 'apply_limits', 'MarketRules', 'market_rules',
            'OrderCheck', 'round_order', 'order_for_target']
 
@@ -118,112 +118,6 @@ def stop_end_bar(
     s[_LAST] = equity
     if equity <= s[_FLOOR]: s[_STATUS] = HALTED
     return int(s[_STATUS])
-
-# %% ../nbs/06_risk.ipynb #fdb1ec12
-def _day(ts)->int:
-    "The UTC day number of a timestamp; the day boundaries only mean something in UTC."
-    ts = pd.Timestamp(ts)
-    if ts.tzinfo is None: raise TbotError(f"timestamp {ts} has no timezone: tbot's times are UTC")
-    return int(ts.value // 86_400_000_000_000)
-
-class PortfolioStop:
-    "The portfolio stop and daily loss limit for a bar-by-bar loop: `new_bar`, `check`, `end_bar`; `reset` is for humans."
-    def __init__(self,
-                 start_equity:float,                # starting capital the floor is measured from
-                 stop:float|None=None,              # portfolio stop fraction; `[risk] portfolio_stop` when None
-                 daily_loss_limit:float|None=None,  # daily limit fraction; `[risk] daily_loss_limit` when None
-                ):
-        cfg = risk_config()
-        self.stop = cfg.portfolio_stop if stop is None else stop
-        self.daily_loss_limit = cfg.daily_loss_limit if daily_loss_limit is None else daily_loss_limit
-        RiskConfig(portfolio_stop=self.stop, daily_loss_limit=self.daily_loss_limit)
-        if not start_equity > 0: raise TbotError(f"starting equity must be positive, got {start_equity}")
-        self.start_equity = float(start_equity)
-        self.state = stop_state(self.start_equity, self.stop, self.daily_loss_limit)
-        self.events = []  # dicts: time, event, equity, floor, reason
-
-    @property
-    def status(self)->str: return STATUS[int(self.state[_STATUS])]
-    @property
-    def trading_allowed(self)->bool: return self.status == 'active'
-    @property
-    def floor(self)->float: return float(self.state[_FLOOR])
-    @property
-    def reason(self)->str|None:
-        "Why trading is stopped now, or None."
-        return self.events[-1]['reason'] if self.events and self.status != 'active' else None
-
-    def new_bar(self, ts):
-        "Call at each bar's open (or each new tick): rolls the UTC day."
-        before = self.status
-        stop_new_bar(self.state, _day(ts))
-        if before == 'paused' and self.status == 'active':
-            self._event(ts, 'resumed', self.state[_LAST], 'a new UTC day began: the daily loss limit is lifted')
-
-    def check(self,
-              ts,                          # time of the mark
-              equity_open:float,           # equity at the open (or now)
-              equity_worst:float|None=None, # equity at the bar's worst prices; = equity_open for a single mark
-             )->float|None:                # None, or where the exit is (0 = at the open / now)
-        "Fire the stop or the daily limit if a floor is reached; the caller then flattens everything."
-        equity_worst = equity_open if equity_worst is None else equity_worst
-        f, st = stop_check(self.state, float(equity_open), float(equity_worst))
-        if f < 0: return None
-        floor = max(self.state[_FLOOR], self.state[_DAY_FLOOR])
-        where = 'at the open (the market gapped through it)' if f == 0 else 'during the bar'
-        if st == HALTED:
-            why = (f"portfolio stop: equity reached the floor {self.floor:,.2f} ({1-self.stop:.0%} of the {self.start_equity:,.2f} start) "
-                   f"{where}; everything flattened; trading halted until a human resets it")
-        else:
-            why = (f"daily loss limit: equity fell {self.daily_loss_limit:.0%} below the day's start, to {floor:,.2f}, {where}; "
-                   f"flattened; paused until the next UTC day")
-        self._event(ts, STATUS[st], min(equity_open, floor) if f == 0 else floor, why)
-        return float(f)
-
-    def end_bar(self, ts, equity:float):
-        "Call at each bar's close with the equity then."
-        before = self.status
-        stop_end_bar(self.state, float(equity))
-        if before != 'halted' and self.status == 'halted':
-            self._event(ts, 'halted', equity, f"portfolio stop: equity {equity:,.2f} closed at or below the floor {self.floor:,.2f} "
-                        f"({1-self.stop:.0%} of the {self.start_equity:,.2f} start); trading halted until a human resets it")
-
-    def reset(self,
-              by:str,              # who resets it (recorded)
-              start_equity:float,  # the new starting capital the floor is measured from (usually today's equity)
-              note:str='',         # why
-             ):
-        "A human lifts a halt; the floor is re-based on `start_equity`."
-        if not by: raise TbotError("a reset must say who made it")
-        if self.status != 'halted': raise TbotError(f"nothing to reset: the stop is {self.status}")
-        self.start_equity = float(start_equity)
-        self.state = stop_state(self.start_equity, self.stop, self.daily_loss_limit)
-        self._event(pd.Timestamp.now(tz='UTC'), 'reset', start_equity, f"reset by {by}" + (f": {note}" if note else ''))
-
-    def _event(self, ts, event, equity, reason):
-        self.events.append({'time': str(pd.Timestamp(ts)), 'event': event, 'equity': float(equity), 'floor': self.floor, 'reason': reason})
-
-    def to_dict(self)->dict:
-        return {'start_equity': self.start_equity, 'stop': self.stop, 'daily_loss_limit': self.daily_loss_limit,
-                'state': self.state.tolist(), 'events': self.events}
-
-    @classmethod
-    def from_dict(cls, d:dict)->PortfolioStop:
-        p = cls(d['start_equity'], d['stop'], d['daily_loss_limit'])
-        p.state = np.array(d['state'], dtype='float64'); p.events = list(d['events'])
-        return p
-
-    def save(self, path):
-        "Write the state atomically (JSON)."
-        with atomic_write(path, 'w') as f: json.dump(self.to_dict(), f, indent=1)
-
-    @classmethod
-    def load(cls, path)->PortfolioStop:
-        "Read a saved state; a halt stays a halt."
-        try: return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError) as e: raise TbotError(f"cannot read the stop state {path}: {e}") from None
-
-    def __repr__(self): return f"PortfolioStop({self.status}, floor={self.floor:,.2f})"
 
 # %% ../nbs/06_risk.ipynb #313432ba
 @njit(cache=True)
@@ -417,7 +311,7 @@ def stop_reason(
     return f"daily loss limit: equity fell {daily:.0%} below the day's start {where}; flattened; paused until the next UTC day"
 
 def _events(equity, fired, resumed, frac, init_cash, stop, daily)->pd.DataFrame:
-    "What fired and what was lifted, in words, in the order `PortfolioStop` records them."
+    "What fired and what was lifted, in words."
     rows = []
     for i in np.flatnonzero(resumed | (fired > 0)):
         if resumed[i]:

@@ -92,8 +92,8 @@ def local_imports(pkg:Path) -> list:
     return sorted(f"{i['importer']}:{i['line']} imports {i['target']}" for i in imports(pkg) if i['nested'])
 
 def long_modules(pkg:Path, limit:int=MAX_LINES) -> list:
-    "Modules longer than `limit` lines."
-    return [f'{m} has {n} lines' for m, p in modules(pkg).items() if (n := len(p.read_text().splitlines())) > limit]
+    "Modules longer than `limit` lines (not nbdev's generated symbol index, `_modidx`)."
+    return [f'{m} has {n} lines' for m, p in modules(pkg).items() if not m.endswith('._modidx') and (n := len(p.read_text().splitlines())) > limit]
 
 # --- the real package -------------------------------------------------------------------------------------------------------
 
