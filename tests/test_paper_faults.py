@@ -6,7 +6,6 @@ a bar twice or out of order, and ends with a ledger equal, row for row, to a fau
 (`tbot.paper.parity`). Then `tbot paper start` as a user runs it: against an exchange that cannot be reached (one line, exit 2,
 nothing written) and live against the fake server, whose clock the test moves on (bars as they close, a clean SIGTERM stop)."""
 import json, os, random, signal, socket, sqlite3, subprocess, threading, time
-from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from conftest import TBOT, tbot, one_line_error
