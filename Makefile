@@ -10,6 +10,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast install bench lab clean-venv
 
+# Tests run on both cores: notebooks in parallel, pytest through pytest-xdist. Each test file goes whole to one worker
+# (module and session fixtures are made once), in the order tests/conftest.py gives: the longest files first.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -40,14 +45,14 @@ test: install
 	if [ "$$before" != "$$after" ]; then \
 	  echo "nbdev-clean/nbdev-export changed files: notebooks and tbot/ are out of sync. Commit the result:"; \
 	  git status --short nbs tbot; exit 1; fi
-	$(BIN)/nbdev-test --n-workers 2 --flags slow
-	$(BIN)/python -m pytest tests/
+	$(BIN)/nbdev-test --n-workers $(TEST_WORKERS) --flags slow
+	$(BIN)/python -m pytest tests/ $(XDIST)
 
 # The same without the slow notebook cells and tests, for quick iterations.
 test-fast: install
 	$(BIN)/nbdev-clean && $(BIN)/nbdev-export
-	$(BIN)/nbdev-test --n-workers 2
-	$(BIN)/python -m pytest tests/ -m "not slow"
+	$(BIN)/nbdev-test --n-workers $(TEST_WORKERS)
+	$(BIN)/python -m pytest tests/ $(XDIST) -m "not slow"
 
 bench: install
 	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -196,11 +196,16 @@ def test_multi_timeframe_walk_forward_is_out_of_sample_on_the_fine_bars(multi):
     assert wf['agent']['fees_paid'] == pytest.approx(wf['result'].stats['fees_paid'], rel=1e-12) and wf['agent']['fees_paid'] > 1
     assert 0 < wf['best_single']['fees_paid'] < 0.001 * 2 * 1000 * 100   # paid, and below 100 full round trips of the whole capital
 
-@pytest.mark.parametrize('name', ['ema_cross', 'donchian_breakout', 'vol_target'])
-def test_single_strategy_runs_of_the_walk_forward_carry_their_fees(candles, name):
-    "The fee series the walk-forward scales per fold adds up to the single backtest's fees, stops and rebalances included."
+@pytest.fixture(scope='module')
+def plan_2021_2022(candles):
+    "The agent's plan on the real candles of 2021-2022, made once for the tests below (none of them changes it)."
     hist = cut(candles, '2021-01-01', '2022-12-31')
-    p = agent.plan(hist)
+    return hist, agent.plan(hist)
+
+@pytest.mark.parametrize('name', ['ema_cross', 'donchian_breakout', 'vol_target'])
+def test_single_strategy_runs_of_the_walk_forward_carry_their_fees(plan_2021_2022, name):
+    "The fee series the walk-forward scales per fold adds up to the single backtest's fees, stops and rebalances included."
+    hist, p = plan_2021_2022
     run = portfolio.single_run(hist['BTC/USDT'], None, p, name, 0.001, 0.0005, 1000)
     ref = backtest.backtest(hist['BTC/USDT'], name, fees=0.001, slippage=0.0005, init_cash=1000)
     assert run.fees.is_monotonic_increasing and abs(run.fees.iloc[-1] / ref.stats['fees_paid'] - 1) < 1e-12
@@ -219,11 +224,11 @@ def test_cli_runs_each_bot_on_its_own_timeframe(store, multi):
     assert 'OUT-OF-SAMPLE walk-forward BTC/USDT, ETH/USDT core 1h, scalping 5m, risk 1h' in wf.stdout
     one_line_error(tbot('agent', 'backtest', '--bot-timeframes', '--symbols', 'BTC/USDT,SOL/USDT', check=False), 'SOL/USDT')
 
-def test_portfolio_equals_vectorbt_from_orders_with_cash_sharing(candles):
+def test_portfolio_equals_vectorbt_from_orders_with_cash_sharing(plan_2021_2022):
     "With the stop, daily limit, exchange rules and band off, the agent's portfolio is vectorbt's from_orders on the same targets."
     import vectorbt as vbt
-    hist = cut(candles, '2021-01-01', '2022-12-31')
-    tgt = agent.plan(hist).target
+    hist, p = plan_2021_2022
+    tgt = p.target
     sim = risk.simulate_exposure(hist, tgt, 1000, 0.001, 0.0005, stop=0.0, daily_loss_limit=0.0)
     close = pd.DataFrame({s: d['close'] for s, d in hist.items()}); opn = pd.DataFrame({s: d['open'] for s, d in hist.items()})
     pf = vbt.Portfolio.from_orders(close, size=tgt.shift(1), size_type='targetpercent', price=opn, fees=0.001, slippage=0.0005,

@@ -140,6 +140,17 @@ def _cases()->list[Case]:
     # run
     add('run-store-is-a-file', 'run', '--offline', env={'TBOT_DATA_DIR': '/etc/passwd'})
     add('run-unknown-option', 'run', '--bogus')
+    # paper
+    for k, d in BAD_DATES.items(): add(f'paper-start-replay-{k}', 'paper', 'start', '--replay', d)
+    add('paper-start-replay-end-before-start', 'paper', 'start', '--replay', '2022-06-01:2022-05-01')
+    add('paper-start-replay-after-data', 'paper', 'start', '--replay', '2030-01-01:2030-02-01')
+    add('paper-start-unknown-symbol', 'paper', 'start', '--replay', '2022-05-01:2022-05-02', '--symbols', 'XRP/USDT')
+    add('paper-start-speed-negative', 'paper', 'start', '--replay', '2022-05-01:2022-05-02', '--speed', '-1')
+    add('paper-start-store-is-a-file', 'paper', 'start', '--replay', '2022-05-01', env={'TBOT_DATA_DIR': '/etc/passwd'})
+    add('paper-status-missing-ledger', 'paper', 'status', '--ledger', '/nonexistent/l.sqlite')
+    add('paper-parity-missing-ledger', 'paper', 'parity', '--ledger', '/nonexistent/l.sqlite')
+    add('paper-reset-stop-missing-ledger', 'paper', 'reset-stop', '--by', 'alice', '--reason', 'x', '--ledger', '/nonexistent/l.sqlite')
+    add('paper-reset-stop-without-by', 'paper', 'reset-stop', '--reason', 'x')
     # config, and no command at all
     add('config-unknown-option', 'config', '--bogus')
     add('config-settings-missing', 'config', env={'TBOT_SETTINGS': '/nonexistent/settings.ini'})
@@ -203,8 +214,8 @@ def run_case(case:Case, template:Path, base:Path, fk:Forker)->Outcome:
 @pytest.fixture(scope='session')
 def outcomes(request, template, tmp_path_factory):
     "The outcome of every selected case, run in parallel."
-    chosen = {it.callspec.params['case'].id for it in request.session.items
-              if getattr(it, 'originalname', None) == 'test_bad_input_is_one_line_and_writes_nothing'}
+    chosen = {it.callspec.params['case'].id for it in request.session.items   # this file's cases (test_paper.py has a test of the same name)
+              if it.path == Path(__file__) and getattr(it, 'originalname', None) == 'test_bad_input_is_one_line_and_writes_nothing'}
     todo = [c for c in CASES if c.id in chosen]
     base, nowhere = tmp_path_factory.mktemp('bad_input_cases'), NOWHERE.exists()
     def tidy():  # a case that created /nonexistent fails for it; remove it so that it leaves no trace and misleads no other case

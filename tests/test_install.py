@@ -42,6 +42,7 @@ def test_every_direct_dependency_is_pinned_as_in_constraints():
         name, version = pin(d)
         assert cons.get(name) == version, (d, cons.get(name))
 
+@pytest.mark.alone  # nbdev-export rewrites tbot/*.py: no other test (of another xdist worker) may import tbot meanwhile
 def test_nbdev_export_leaves_pyproject_and_the_install_stamp_alone():
     "`make test` runs nbdev-export; a rewritten pyproject.toml (even unchanged) made the next `make` reinstall everything."
     files = [ROOT / 'pyproject.toml', ROOT / 'tbot' / '__init__.py']

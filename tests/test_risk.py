@@ -5,7 +5,7 @@ import numpy as np, pandas as pd, pytest
 from binance_stub import BinanceStub, point_at
 from tbot.config import TbotError
 from tbot import data, exchange, risk
-from tbot.risk import (PortfolioStop, simulate_exposure, round_order, market_rules, RECORDED_MARKETS, order_for_target,
+from tbot.risk import (simulate_exposure, round_order, market_rules, RECORDED_MARKETS, order_for_target,
                        apply_limits)
 
 @pytest.fixture(scope='module')
@@ -108,82 +108,13 @@ def test_short_into_a_spike_exits_at_the_floor_price(btc):
     assert sim.stats['halted_at'] == str(df.index[i])
     assert abs(sim.stats['min_equity'] - 0.95 * (1 - 0.0015)) < 3e-4
 
-def _paper_loop(prices:dict, target:pd.DataFrame, init_cash, fees, slippage, stop, daily):
-    "A bar-by-bar loop as paper trading runs it: positions and cash in Python, the stop through `PortfolioStop`."
-    ps = PortfolioStop(init_cash, stop, daily)
-    syms = list(prices); K = len(syms)
-    o, h, l, c = (np.column_stack([prices[s][x].reindex(target.index).to_numpy() for s in syms]) for x in ('open', 'high', 'low', 'close'))
-    cash, pos, last = init_cash, np.zeros(K), np.full(K, np.nan)
-    def fill(cash, units, px, side):
-        p = px * (1 + slippage * side); return cash - units * p - abs(units * p) * fees
-    equity, status = [], []
-    for t, ts in enumerate(target.index):
-        ps.new_bar(ts)
-        po = np.where(np.isnan(o[t]), last, o[t])
-        worst = lambda: np.where(np.isnan(o[t]), last, np.where(pos > 0, l[t], h[t]))
-        f = None
-        if (pos != 0).any(): f = ps.check(ts, cash + (pos * po)[pos != 0].sum())
-        if f is None and ps.trading_allowed and t > 0:
-            e_open = cash + (pos * po)[pos != 0].sum()
-            for sells in (True, False):
-                for k in range(K):
-                    if np.isnan(o[t, k]): continue
-                    trade = target.iloc[t-1, k] * e_open / o[t, k] - pos[k]
-                    if abs(trade * o[t, k]) <= 1e-9 * abs(e_open) or (trade < 0) != sells: continue
-                    if trade > 0:
-                        trade = min(trade, max(cash, 0.0) / (o[t, k] * (1 + slippage) * (1 + fees)))
-                        if trade <= 0: continue
-                    cash = fill(cash, trade, o[t, k], 1.0 if trade > 0 else -1.0); pos[k] += trade
-            if (pos != 0).any():
-                pw = worst()
-                f = ps.check(ts, cash + (pos * po)[pos != 0].sum(), cash + (pos * pw)[pos != 0].sum())
-        if f is not None:
-            pw = worst()
-            for k in range(K):
-                if pos[k] == 0 or np.isnan(o[t, k]): continue
-                cash = fill(cash, -pos[k], po[k] + f * (pw[k] - po[k]), -1.0 if pos[k] > 0 else 1.0); pos[k] = 0.0
-        last = np.where(np.isnan(c[t]), last, c[t])
-        eq = cash + (pos * last)[pos != 0].sum()
-        ps.end_bar(ts, eq); equity.append(eq); status.append(ps.status)
-    return pd.Series(equity, target.index), pd.Series(status, target.index), ps
-
-def test_bar_by_bar_loop_with_PortfolioStop_matches_the_vectorized_simulation(btc, eth):
-    idx = btc.loc['2021-04':'2021-07'].index                                   # a crash, a recovery, many bad days
-    prices = {'BTC/USDT': btc.loc[idx], 'ETH/USDT': eth.reindex(idx)}
-    mom = pd.DataFrame({s: (p.close > p.close.shift(24)).astype(float) * 0.5 for s, p in prices.items()})
-    for stop, daily in ((0.10, 0.02), (0.05, 0.0), (0.0, 0.03)):
-        sim = simulate_exposure(prices, mom, 1000., 0.001, 0.0005, stop, daily)
-        eq, st, ps = _paper_loop(prices, mom, 1000., 0.001, 0.0005, stop, daily)
-        np.testing.assert_allclose(eq.to_numpy(), sim.equity.to_numpy(), rtol=1e-12)
-        assert (st.to_numpy() == sim.status.astype(str).to_numpy()).all()
-        assert [(pd.Timestamp(e['time']), e['event']) for e in ps.events] == list(zip(sim.events.time, sim.events.event))
-    assert (sim.status == 'paused').any()                                      # the last case paused on bad days
-
-def test_a_halt_survives_a_restart_and_only_a_human_lifts_it(tmp_path):
-    ps = PortfolioStop(1000., 0.05, 0.0)
-    ps.new_bar('2022-01-05T19:00Z')
-    assert ps.check('2022-01-05T19:00Z', 990., 900.) is not None and ps.status == 'halted'
-    path = tmp_path / 'stop.json'
-    ps.save(path)
-    code = ("from tbot.risk import PortfolioStop; p = PortfolioStop.load(r'%s'); p.new_bar('2022-02-01T00:00Z');"
-            "print(p.status, p.trading_allowed, p.check('2022-02-01T00:00Z', 2000.) is None)" % path)
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ['halted', 'False', 'True'], out.stderr
-    back = PortfolioStop.load(path)
-    assert 'halted until a human resets it' in back.reason
-    with pytest.raises(TbotError, match='who'): back.reset('', 950.)
-    back.reset('operator', 950., 'reviewed')
-    assert back.trading_allowed and back.floor == pytest.approx(902.5) and back.events[-1]['event'] == 'reset'
-    with pytest.raises(TbotError, match='nothing to reset'): back.reset('operator', 950.)
-    (tmp_path / 'bad.json').write_text('{"start_equity": 1')
-    with pytest.raises(TbotError, match='cannot read the stop state'): PortfolioStop.load(tmp_path / 'bad.json')
-
-# --- settings and input ---------------------------------------------------------------------------------------------------
+# The bar-by-bar face of the stop is the paper trader, which calls the backtest's own kernel (`risk.step_nb`):
+# tests/test_paper.py checks it against the backtest fill for fill, and a halt across restarts and its human reset.
 
 def test_settings_drive_the_stop_and_bad_values_are_one_line_errors(monkeypatch):
-    assert PortfolioStop(1000.).floor == pytest.approx(950.)                  # settings.ini: portfolio_stop = 0.05
+    assert risk.risk_config().portfolio_stop == 0.05                          # settings.ini: portfolio_stop = 0.05
     monkeypatch.setenv('TBOT_RISK_PORTFOLIO_STOP', '0.1')
-    assert PortfolioStop(1000.).floor == pytest.approx(900.)
+    assert risk.risk_config().portfolio_stop == 0.1
     monkeypatch.setenv('TBOT_RISK_PORTFOLIO_STOP', 'ten percent')
     with pytest.raises(TbotError, match='not a number'): risk.risk_config()
     monkeypatch.setenv('TBOT_RISK_PORTFOLIO_STOP', '1.5')
