@@ -41,6 +41,7 @@ class Policy:
     halflife:float=2000.
     min_hold:int=48
     switch_margin:float=0.25
+    entry_trades:int=30  # the expected-gain test: enter only when the candidate's last this many shadow trades beat their costs (0 = off)
 
     @property
     def bot_names(self)->list[str]: return [b.name for b in self.bots]
@@ -77,7 +78,8 @@ def load_policy(
     prefer = {r: s.getlist('allocation', f'{r}_prefer') for r in REGIMES}
     split = {r: _shares(s.get('allocation', f'{r}_split', ''), f'[allocation] {r}_split', len(bots)) for r in REGIMES}
     return Policy(bots, prefer, split, s.getfloat('allocation', 'prior_weight', 1.0), s.getfloat('allocation', 'evidence_bars', 500),
-                  s.getfloat('allocation', 'halflife', 2000), s.getint('allocation', 'min_hold', 48), s.getfloat('allocation', 'switch_margin', 0.25))
+                  s.getfloat('allocation', 'halflife', 2000), s.getint('allocation', 'min_hold', 48), s.getfloat('allocation', 'switch_margin', 0.25),
+                  s.getint('allocation', 'entry_trades', 30))
 
 # %% ../nbs/07_agent.ipynb #1ac9564f
 @njit(cache=True)
@@ -231,7 +233,29 @@ def _size_multiplier(exposure, rets, lo, hi, win, loss):
     return out
 
 @njit(cache=True)
+def _trade_gain(exposure, rets, n, cost):
+    "After each bar: the mean return, less `cost`, of the last `n` trades of an exposure that had closed by then (NaN before the first)."
+    T = len(exposure); out = np.full(T, np.nan); ring = np.zeros(max(n, 1)); m = 0; g = 1.0; inpos = False
+    for t in range(1, T):
+        if inpos: g *= 1.0 + (0.0 if np.isnan(rets[t]) else rets[t])
+        if inpos and not exposure[t - 1] > 0:   # the exit was decided at t-1: its fee is in bar t's return, so the trade is known now
+            ring[m % n] = g - 1.0 - cost; m += 1; inpos = False
+        if not inpos and exposure[t - 1] > 0: inpos = True; g = 1.0 + (0.0 if np.isnan(rets[t]) else rets[t])
+        if m > 0: out[t] = ring[:min(m, n)].mean()
+    return out
+
+@njit(cache=True)
+def _entry_gate(chosen, gain):
+    "Open a position only where the expected gain of the strategy's trade is positive (or unknown); hold and close it as the strategy says."
+    out = np.zeros(len(chosen)); held = False
+    for t in range(len(chosen)):
+        if chosen[t] > 0 and (held or not gain[t] <= 0.0): out[t] = chosen[t]
+        held = out[t] > 0
+    return out
+
+@njit(cache=True)
 def _sticky_steps(raw, step):
+
     "Round weights down to multiples of `step`, moving only when the raw weight leaves the current step's band (flat at once when it is 0)."
     T, C = raw.shape; out = np.zeros((T, C))
     for c in range(C):
@@ -261,6 +285,7 @@ class Plan:
     shadow:dict              # (bot, symbol, strategy) -> shadow returns per bar
     timeframe:str|None=None  # the bar size of `index` when bots run on their own timeframes
     parts:dict=field(default_factory=dict) # timeframe -> the plan of the bots on it (bots on their own timeframes only)
+    exposure:dict=field(default_factory=dict) # (bot, symbol, strategy) -> what the candidate would hold after each bar
 
     def strategy_at(self, t:int, b:int, s:int)->str|None:
         "The strategy bot b runs on symbol s after bar t."
@@ -298,10 +323,12 @@ def _weights(
     expo:np.ndarray, rets:np.ndarray, trades:np.ndarray, # from `_candidates`
     choice:np.ndarray, split:np.ndarray,          # from `decide_loop`; capital share per bot
     rebalance_step:float,                         # weights are rounded down to multiples of this
+    entry_cost:float=0.0,                         # costs a shadow trade does not carry (the slippage of its two fills)
 )->pd.DataFrame:                                  # (bot, symbol) exposure as a fraction of portfolio equity
-    "Each bot's weight per market: its capital share x the chosen candidate x volatility target x win/loss multiplier, limited and stepped."
+    "Each bot's weight per market: its capital share x the chosen candidate (entered only when worth its costs) x volatility target x win/loss multiplier, limited and stepped."
     index = frames[symbols[0]].index; T = len(index)
     cfg = risk.risk_config()
+    n = policy.entry_trades
     vol = {sym: risk.vol_scale(frames[sym]['close']).fillna(0.0).to_numpy() for sym in symbols}
     cols, w = [], []
     for b, bot in enumerate(policy.bots):
@@ -309,6 +336,9 @@ def _weights(
             if not trades[b, s]: continue
             k = choice[:, b, s]
             chosen = np.nan_to_num(np.where(k >= 0, expo[np.arange(T), b, s, np.maximum(k, 0)], 0.0))
+            if n > 0:  # the expected-gain test, from each candidate's own closed shadow trades
+                gain = np.column_stack([_trade_gain(expo[:, b, s, j], rets[:, b, s, j], n, entry_cost) for j in range(expo.shape[3])])
+                chosen = _entry_gate(chosen, np.where(k >= 0, gain[np.arange(T), np.maximum(k, 0)], np.nan))
             got = np.where(k >= 0, rets[np.arange(T), b, s, np.maximum(k, 0)], 0.0)
             mult = _size_multiplier(chosen, np.nan_to_num(got), cfg.size_mult_min, cfg.size_mult_max, cfg.size_mult_win_step, cfg.size_mult_loss_step)
             cols.append((bot.name, sym))
@@ -342,12 +372,16 @@ def plan(
     choice, score, best = decide_loop(codes, rets, prior, trades, policy.halflife, policy.evidence_bars, policy.min_hold,
                                       policy.switch_margin, math.sqrt(bars_per_year(index)))
     if split is None: split = capital_split(policy, codes[:, 0])
-    weights = _weights(policy, frames, symbols, expo, rets, trades, choice, split, rebalance_step)
+    weights = _weights(policy, frames, symbols, expo, rets, trades, choice, split, rebalance_step, 2 * costs(slippage=None).slippage)
+
     target = weights.T.groupby(level='symbol', sort=False).sum().T[symbols]
     shadow = {(policy.bots[b].name, symbols[s], candidates[b][k]): rets[:, b, s, k]
               for b in range(len(policy.bots)) for s in range(len(symbols)) if trades[b, s] for k in range(len(candidates[b]))}
+    exposure = {k: expo[:, b, s, j] for b in range(len(policy.bots)) for s in range(len(symbols)) if trades[b, s]
+                for j, k in enumerate((policy.bots[b].name, symbols[s], n) for n in candidates[b])}
     return Plan(index, policy, symbols, regimes, candidates, choice, score, best,
-                pd.DataFrame(split, index=index, columns=policy.bot_names), weights, target, shadow)
+                pd.DataFrame(split, index=index, columns=policy.bot_names), weights, target, shadow, exposure=exposure)
+
 
 # %% ../nbs/07_agent.ipynb #e41c20e9
 def _since(codes:np.ndarray, t:int)->int:

@@ -18,6 +18,7 @@ from .ledger import Ledger, performance_records
 from . import agent, risk
 from .agent import Plan, Policy, load_policy, market_frames, decision_log, score_now
 from .timeframes import plan, cut, bot_frames, plan_frames, closed_asof, take_rows, is_multi
+from .compare import KEYS, cppi_buy_and_hold, strategy_mix, trading_costs, turnover
 
 # %% auto #0
 __all__ = ['agent_trades', 'attribution', 'halt_text', 'AgentResult', 'benchmark', 'backtest_agent', 'explain', 'single_run',
@@ -91,9 +92,11 @@ def halt_text(
 
 class AgentResult:
     "The master agent's backtest: a `Result` (stats, equity, trades, benchmark, assumptions) plus attribution, decisions and capital per bot."
-    def __init__(self, result, plan:Plan, simulation, attribution:dict, decisions:pd.DataFrame, capital:pd.DataFrame):
+    def __init__(self, result, plan:Plan, simulation, attribution:dict, decisions:pd.DataFrame, capital:pd.DataFrame,
+                 benchmarks:dict|None=None, costs:dict|None=None):
         self.result, self.plan, self.simulation = result, plan, simulation
         self.attribution, self.decisions, self.capital = attribution, decisions, capital
+        self.benchmarks, self.costs = benchmarks or {}, costs or {}  # {name: KEYS figures}; {'bot', 'strategy'}: trading costs
 
     def __getattr__(self, k):
         if k in ('result', 'plan', 'simulation'): raise AttributeError(k)
@@ -113,7 +116,8 @@ class AgentResult:
     def summary(self)->dict:
         "The halt (if any) first, then stats beside buy-and-hold, assumptions, attribution and the stop's events, for JSON."
         return {'halted': self.halt, **self.result.summary(), 'attribution': {k: v.round(2).to_dict() for k, v in self.attribution.items()},
-                'events': self.simulation.events.astype(str).to_dict('records')}
+                'events': self.simulation.events.astype(str).to_dict('records'), 'benchmarks': self.benchmarks,
+                'trading_costs': {k: v.round(4).to_dict('index') for k, v in self.costs.items()}}
 
     def __repr__(self): return 'Agent' + repr(self.result)
 
@@ -151,13 +155,17 @@ def _tail(p:Plan, i0:int)->Plan:
     "The plan from bar i0 on (and each timeframe's part from the same time)."
     parts = {tf: _tail(q, int(q.index.searchsorted(p.index[i0]))) for tf, q in p.parts.items()}
     return Plan(p.index[i0:], p.policy, p.symbols, p.regimes.iloc[i0:], p.candidates, p.choice[i0:], p.score[i0:], p.best[i0:],
-                p.split.iloc[i0:], p.weights.iloc[i0:], p.target.iloc[i0:], {k: v[i0:] for k, v in p.shadow.items()}, p.timeframe, parts)
+                p.split.iloc[i0:], p.weights.iloc[i0:], p.target.iloc[i0:], {k: v[i0:] for k, v in p.shadow.items()}, p.timeframe, parts,
+                {k: v[i0:] for k, v in p.exposure.items()})
+
 
 def _simulate(frames:dict, p:Plan, i0:int, fees:float, slippage:float, init_cash:float, rebalance_band:float=0.02):
     "Trade the plan's targets from bar i0 on as one portfolio, with the stop, exchange rules and rebalance band: a `tbot.risk.Simulation`."
     rules = {k: risk.RECORDED_MARKETS[k] for k in p.symbols if k in risk.RECORDED_MARKETS}
+    cfg = risk.risk_config()
     return risk.simulate_exposure({k: v.iloc[i0:] for k, v in frames.items()}, p.target.iloc[i0:], init_cash, fees, slippage,
-                                  rules=rules, rebalance_band=rebalance_band), rules
+                                  rules=rules, rebalance_band=rebalance_band, multiplier=cfg.cppi_multiplier, tipp=cfg.tipp), rules
+
 
 # %% ../nbs/07c_portfolio.ipynb #176d6d30
 def _assumptions(p:Plan, frames:dict, sim, rules:dict, st:dict, c, sample:str, detector, rebalance_band:float)->dict:
@@ -169,6 +177,7 @@ def _assumptions(p:Plan, frames:dict, sim, rules:dict, st:dict, c, sample:str, d
             'detector': detector or settings().get('regime', 'detector', 'rules'), 'rebalance_band': rebalance_band,
             'exchange_rules': 'Binance spot amount steps and 5 USDT minimum order (recorded)' if rules else 'none',
             'portfolio_stop': sim.assumptions['stop'], 'daily_loss_limit': sim.assumptions['daily_loss_limit'],
+            'cppi_multiplier': sim.assumptions['cppi_multiplier'], 'tipp': sim.assumptions['tipp'], 'entry_trades': p.policy.entry_trades,
             'stop_fill': sim.assumptions['stop_fill'], 'long_only': True,
             'benchmark': 'buy-and-hold of every market, equal weights, same fees, slippage and fill',
             'bot_timeframes': {b.name: b.timeframe for b in p.policy.bots} if p.parts else None}
@@ -182,6 +191,20 @@ def _until_halt(decisions:pd.DataFrame, capital:pd.DataFrame, events:pd.DataFram
                           'score': np.nan, 'split': None, 'reason': h.reason + ' Trading halted until a human resets it.'}])
     capital = capital.copy(); capital[capital.index >= h.time] = 0.0
     return pd.concat([decisions[decisions.time <= h.time], stop], ignore_index=True), capital
+
+def _budget_rows(target:pd.DataFrame, cap:pd.Series, m:float)->pd.DataFrame:
+    "A decision row wherever the risk budget starts to bind, or its cap moves by 5 points or more while it binds."
+    capv = cap.to_numpy()
+    binds = np.r_[False, np.abs(target.to_numpy()).sum(axis=1)[:-1] > capv[1:] + 1e-9]   # the target decided on the last close, at this open
+    rows, last = [], None
+    for t in np.flatnonzero(binds | np.r_[False, binds[:-1]]):
+        c = float(capv[t]) if binds[t] else None
+        if (c is None) != (last is None) or (c is not None and abs(c - last) >= 0.05):
+            rows.append({'time': cap.index[t], 'kind': 'risk',
+ 'bot': None, 'symbol': None, 'regime': None, 'strategy': None, 'score': np.nan,
+                         'split': None, 'reason': risk.budget_reason(c, m) if c is not None else 'risk budget: no longer binding'})
+            last = c
+    return pd.DataFrame(rows, columns=['time', 'kind', 'bot', 'symbol', 'regime', 'strategy', 'score', 'split', 'reason'])
 
 # %% ../nbs/07c_portfolio.ipynb #59d472b1
 def backtest_agent(
@@ -205,15 +228,25 @@ def backtest_agent(
     close = pd.DataFrame({k: v['close'] for k, v in frames_t.items()})
     trades = agent_trades(sim.fills, close)
     st = compute_stats(sim.equity, trades, sim.fees_paid, c.init_cash, exposure=(sim.units != 0).any(axis=1).to_numpy())
-    st.update({'min_equity': sim.stats['min_equity'], 'halted_at': sim.stats['halted_at']})
+    st.update({'min_equity': sim.stats['min_equity'], 'halted_at': sim.stats['halted_at'], 'turnover': turnover(sim.fills, sim.equity)})
+    gross = float(sim.equity.iloc[-1] - c.init_cash + sim.fees_paid)
+    st.update({'gross_pnl': gross, 'fees_to_gross': sim.fees_paid / gross if gross > 0 else None})
     bench = benchmark(frames_t, c.fees, c.slippage, c.init_cash, 'next_open')
-    bench.stats['min_equity'] = float(bench.equity.min() / c.init_cash)
+    bench.stats.update({'min_equity': float(bench.equity.min() / c.init_cash), 'turnover': bench.stats['fees_paid'] / max(c.fees, 1e-12) / bench.equity.mean()})
+    drop = lambda d: {k: v for k, v in d.items() if k != 'equity'}
+    benchmarks = {'buy_and_hold': {k: bench.stats.get(k) for k in KEYS},
+                  'cppi_buy_and_hold': drop(cppi_buy_and_hold(frames, i0, c.fees, c.slippage, c.init_cash, rebalance_band)),
+                  'strategy_mix': drop(strategy_mix(p, frames, i0,
+ c.fees, c.slippage, c.init_cash, rebalance_band))}
     assumptions = _assumptions(p, frames, sim, rules, st, c, sample, detector, rebalance_band)
     bench.assumptions.update({k: assumptions[k] for k in ('sample', 'start', 'end', 'bars', 'symbols', 'timeframe', 'synthetic')})
     sub = _tail(p, i0)
-    decisions, capital = _until_halt(decision_log(sub), p.split.iloc[i0:].mul(sim.equity, axis=0), sim.events)
-    return AgentResult(Result(st, sim.equity, assumptions, bench, prices=None, trades=trades), p, sim,
-                       attribution(sub, sim.units, sim.fills, close), decisions, capital)
+    log = pd.concat([decision_log(sub), _budget_rows(sub.target, sim.cap, sim.assumptions['cppi_multiplier'])]).sort_values('time', kind='stable')
+    decisions, capital = _until_halt(log.reset_index(drop=True), p.split.iloc[i0:].mul(sim.equity, axis=0), sim.events)
+    attr = attribution(sub, sim.units, sim.fills, close)
+    return AgentResult(Result(st, sim.equity, assumptions, bench, prices=None, trades=trades), p, sim, attr, decisions, capital,
+                       benchmarks, trading_costs(sub, sim.fills, sim.equity, attr))
+
 
 # %% ../nbs/07c_portfolio.ipynb #dfca8085
 def _data_end(data:dict)->pd.Timestamp:
@@ -348,11 +381,16 @@ def walk_forward_agent(
     single_stats = compute_stats(single_eq, None, paid, c.init_cash)
     single_stats['min_equity'] = float(single_eq.min() / c.init_cash)
     _fold_returns(folds, agent, single_eq, c.init_cash)
-    keys = ('total_return', 'cagr', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid')
+    single_stats['turnover'] = paid / max(c.fees, 1e-12) / single_eq.mean()   # the value its fills traded, from its fees
+    keys = ('total_return', 'cagr', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid', 'turnover')
     return {'sample': 'out-of-sample', 'start': str(cuts[0]), 'end': str(idx[-1]), 'train': train, 'test': test, 'anchored': anchored,
-            'assumptions': {k: agent.assumptions[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop', 'synthetic', 'symbols', 'timeframe', 'bot_timeframes')},
-            'agent': {k: agent.stats.get(k) for k in keys}, 'best_single': {k: single_stats.get(k) for k in keys},
+            'assumptions': {k: agent.assumptions[k] for k in ('fees', 'slippage', 'fill', 'init_cash', 'portfolio_stop', 'cppi_multiplier', 'tipp', 'entry_trades', 'synthetic', 'symbols', 'timeframe', 'bot_timeframes')},
+            'agent': {**{k: agent.stats.get(k) for k in keys}, 'gross_pnl': agent.stats['gross_pnl'], 'fees_to_gross': agent.stats['fees_to_gross'], 'halted_at': agent.stats['halted_at']},
+            'best_single': {k: single_stats.get(k) for k in keys},
             'buy_and_hold': {k: agent.benchmark.stats.get(k) for k in keys},
+            'cppi_buy_and_hold': agent.benchmarks['cppi_buy_and_hold'], 'strategy_mix': agent.benchmarks['strategy_mix'],
+            'trading_costs': {k: v.round(4).to_dict('index') for k, v in agent.costs.items()},
+
             'folds': folds, 'result': agent, 'single_equity': single_eq,
             'note': "best_single fees_paid: the fees of its fills in each test window, scaled to the capital it had then"}
 
@@ -364,7 +402,10 @@ def _episodes(exposure:np.ndarray, rets:np.ndarray, index)->pd.DataFrame:
     growth = np.cumprod(1 + np.nan_to_num(rets))
     out = [(index[a], index[b + 1] if b + 1 < len(index) else pd.NaT,
             growth[min(b + 1, len(growth) - 1)] / growth[a] - 1) for a, b in zip(starts, ends)]
-    return pd.DataFrame(out, columns=['entry_time', 'exit_time', 'trade_return'])
+    df = pd.DataFrame(out, columns=['entry_time', 'exit_time', 'trade_return'])
+    for c in ('entry_time', 'exit_time'): df[c] = pd.to_datetime(df[c], utc=True)  # tz-aware even when no trade has closed
+    return df
+
 
 def shadow_performance(
     p:Plan,           # the plan
@@ -378,7 +419,9 @@ def shadow_performance(
     for (bot, sym, name), r in p.shadow.items():
         if (sym, name) in done or name == 'flat': continue
         done.add((sym, name))
-        expo = np.r_[np.nan_to_num(r[1:]) != 0, False]  # held after bar t when its next bar's return is not 0
+        # held after bar t: the candidate's own exposure (inferring it from the next bar's return would close a trade still open at the last bar)
+        expo = np.nan_to_num(p.exposure[(bot, sym, name)]) > 0 if p.exposure else np.r_[np.nan_to_num(r[1:]) != 0, False]
+
         equity = pd.Series(np.cumprod(1 + np.nan_to_num(r)), p.index)
         trades = _episodes(expo.astype(float), r, p.index)
         parts.append(performance_records(equity, trades, p.regimes[sym], name, symbol=sym, timeframe=timeframe, period=period, sample=sample))
@@ -498,20 +541,25 @@ def _walk_forward_text(o:dict)->str:
     return '\n'.join(([o['halted']['text']] if o['halted'] else []) + [
         f"OUT-OF-SAMPLE walk-forward {', '.join(x['symbols'])} {_timeframes_text(x)} {o['start'][:10]} .. {o['end'][:10]} (train {o['train']}, test {o['test']}); "
         f"fees {x['fees']:.3%}, slippage {x['slippage']:.3%}, fill {x['fill']}" + (' SYNTHETIC DATA' if x['synthetic'] else ''),
-        table([{'': k, 'agent': o['agent'][k], 'best single (chosen in-sample)': o['best_single'][k], 'buy-and-hold': o['buy_and_hold'][k]}
-               for k in o['agent']]), '', table(o['folds'])])
+        table([{'': k, 'agent': o['agent'][k], 'best single (chosen in-sample)': o['best_single'].get(k), 'buy-and-hold': o['buy_and_hold'].get(k),
+                'buy-and-hold, same budget': o['cppi_buy_and_hold'].get(k), "mix of the bots' strategies": o['strategy_mix'].get(k)}
+               for k in o['agent']]), '', 'trading costs per bot', table([{'bot': b, **v} for b, v in o['trading_costs']['bot'].items()]),
+        '', table(o['folds'])])
 
 def _backtest_text(o:dict)->str:
     "The backtest for a human: the halt first, then what was measured and how, agent beside buy-and-hold, attribution, the stop's events."
     x = o['assumptions']
     head = f"master agent on {', '.join(x['symbols'])} {_timeframes_text(x)} {x['start'][:10]} .. {x['end'][:10]}: {x['sample'].upper()}, fees {x['fees']:.3%}, slippage {x['slippage']:.3%}, fill {x['fill']}"
-    rows = [{'': k, 'agent': o['stats'][k], 'buy-and-hold': o['benchmark'][k]} for k in o['stats']]
+    rows = [{'': k, 'agent': o['stats'][k], 'buy-and-hold': o['benchmark'].get(k), 'buy-and-hold, same budget': o['benchmarks']['cppi_buy_and_hold'].get(k),
+             "mix of the bots' strategies": o['benchmarks']['strategy_mix'].get(k)} for k in o['stats']]
     attr = [{'by': by, 'name': n, 'pnl': v} for by, d in o['attribution'].items() for n, v in d.items()]
     return '\n'.join(([o['halted']['text']] if o['halted'] else []) + [('*** SYNTHETIC DATA ***  ' if x['synthetic'] else '') + head, table(rows), '',
-                     'attribution (P&L, quote currency)', table(attr), *[e['reason'] for e in o['events']]])
+                     'attribution (P&L, quote currency)', table(attr), '', 'trading costs per bot and strategy',
+                     table([{'by': by, 'name': n, **v} for by, d in o['trading_costs'].items() for n, v in d.items()]), *[e['reason'] for e in o['events']]])
 
 # %% ../nbs/07c_portfolio.ipynb #39cdf36b
-_KEYS = ['total_return', 'cagr', 'sharpe', 'sortino', 'max_drawdown', 'min_equity', 'win_rate', 'profit_factor', 'exposure', 'trades', 'fees_paid', 'halted_at']
+_KEYS = ['total_return', 'cagr', 'sharpe', 'sortino', 'max_drawdown', 'min_equity', 'win_rate', 'profit_factor', 'exposure', 'trades', 'fees_paid',
+         'turnover', 'gross_pnl', 'fees_to_gross', 'halted_at']
 
 def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     "The `tbot agent` command."
@@ -543,7 +591,9 @@ def cli_agent(argv:list[str], prog:str='tbot agent')->int:
     r = backtest_agent(data, pol, a.detector, start=start, **cost)
     out = {'halted': r.halt, 'stats': {k: r.stats.get(k) for k in _KEYS}, 'benchmark': {k: r.benchmark.stats.get(k) for k in _KEYS},
            'assumptions': r.assumptions, 'attribution': {k: v.round(2).to_dict() for k, v in r.attribution.items()},
-           'events': r.simulation.events.astype(str).to_dict('records'), 'decisions': len(r.decisions)}
+           'events': r.simulation.events.astype(str).to_dict('records'), 'decisions': len(r.decisions), 'benchmarks': r.benchmarks,
+           'trading_costs': {k: v.round(4).to_dict('index') for k, v in r.costs.items()}}
+
     if not a.no_ledger: out['ledger_run'] = record(r, data)
     emit(out, a.json, _backtest_text)
     return 0

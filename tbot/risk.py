@@ -17,10 +17,10 @@ from .data import bars_per_year
 
 # %% auto #0
 __all__ = ['ACTIVE', 'HALTED', 'PAUSED', 'STATUS', 'DECIMAL_PLACES', 'SIGNIFICANT_DIGITS', 'TICK_SIZE', 'RECORDED_MARKETS',
-           'RiskConfig', 'risk_config', 'stop_state', 'stop_new_bar', 'stop_check', 'stop_end_bar', 'step_nb',
-           'simulate_nb', 'Simulation', 'simulate_exposure', 'stop_reason', 'vol_scale', 'mult_step',
-           'win_loss_multiplier', 'SizeMultiplier', 'kelly_exposure', 'apply_limits', 'MarketRules', 'market_rules',
-           'OrderCheck', 'round_order', 'order_for_target']
+           'RiskConfig', 'risk_config', 'stop_state', 'budget_floor', 'budget_reason', 'cushion_cap', 'stop_new_bar',
+           'stop_check', 'stop_end_bar', 'step_nb', 'simulate_nb', 'Simulation', 'simulate_exposure', 'stop_reason',
+           'budget_multiplier', 'vol_scale', 'mult_step', 'win_loss_multiplier', 'SizeMultiplier', 'kelly_exposure',
+           'apply_limits', 'MarketRules', 'market_rules', 'OrderCheck', 'round_order', 'order_for_target']
 
 # %% ../nbs/06_risk.ipynb #e9116c8f
 @dataclass
@@ -42,11 +42,13 @@ class RiskConfig:
     kelly_fraction:float = 0.25        # the fraction of the full Kelly bet
     kelly_cap:float = 0.2              # the largest Kelly exposure
     kelly_min_trades:int = 30          # fewest past trades Kelly needs
+    cppi_multiplier:float = 7.0        # risk budget: gross exposure <= m x (equity - floor) / equity, floor = the stop's (0 = off)
+    tipp:float = 0.9                   # the budget's floor ratchets up to this share of the highest equity (0 = off)
 
     def __post_init__(self):
-        for k in ('portfolio_stop', 'daily_loss_limit', 'kelly_fraction'):
+        for k in ('portfolio_stop', 'daily_loss_limit', 'kelly_fraction', 'tipp'):
             if not 0 <= getattr(self, k) < 1: raise TbotError(f"[risk] {k} = {getattr(self, k)} must be in [0, 1)")
-        for k in ('max_exposure_per_symbol', 'max_exposure_per_bot', 'max_gross_exposure', 'vol_max_scale', 'kelly_cap', 'vol_target'):
+        for k in ('max_exposure_per_symbol', 'max_exposure_per_bot', 'max_gross_exposure', 'vol_max_scale', 'kelly_cap', 'vol_target', 'cppi_multiplier'):
             if not getattr(self, k) >= 0: raise TbotError(f"[risk] {k} = {getattr(self, k)} must be >= 0")
         if not 0 < self.size_mult_min <= 1 <= self.size_mult_max:
             raise TbotError(f"[risk] size multiplier bounds [{self.size_mult_min}, {self.size_mult_max}] must contain 1 and be positive")
@@ -67,19 +69,53 @@ def risk_config(
 # %% ../nbs/06_risk.ipynb #716dbf54
 ACTIVE, HALTED, PAUSED = 0, 1, 2
 STATUS = ['active', 'halted', 'paused']
-_STATUS, _FLOOR, _DAY, _DAY_FLOOR, _LAST, _DAILY = range(6)  # slots of the state array
+_STATUS, _FLOOR, _DAY, _DAY_FLOOR, _LAST, _DAILY, _M, _TIPP, _PEAK, _CAP = range(10)  # slots of the state array
 
 @njit(cache=True)
-def stop_state(
-    start_equity:float,     # the starting capital the floor is measured from
-    stop:float,             # portfolio stop as a fraction (0.05: floor at 95%; 0: off)
-    daily_loss_limit:float, # daily loss limit as a fraction (0: off)
-)->np.ndarray:              # the state: status, floor, day, day floor, last close equity, daily limit
-    "A fresh, active stop state."
-    s = np.empty(6)
+def _new_state(start_equity, stop, daily_loss_limit, multiplier, tipp):
+    s = np.empty(10)
     s[_STATUS] = ACTIVE; s[_FLOOR] = (1.0 - stop) * start_equity if stop > 0 else -np.inf; s[_DAY] = -1.0
     s[_DAY_FLOOR] = -np.inf; s[_LAST] = start_equity; s[_DAILY] = daily_loss_limit
+    s[_M] = multiplier if stop > 0 else 0.0; s[_TIPP] = tipp; s[_PEAK] = start_equity; s[_CAP] = np.inf
     return s
+
+def stop_state(
+    start_equity:float,     # the starting capital the floor is measured from
+    stop:float,             # portfolio stop as a fraction (0.05: floor at 95%; 0: off, and the risk budget with it)
+    daily_loss_limit:float, # daily loss limit as a fraction (0: off)
+    multiplier:float|None=None, # risk budget multiplier m (0: off); `[risk] cppi_multiplier` when None
+    tipp:float|None=None,   # share of the highest equity the budget's floor ratchets up to (0: off); `[risk] tipp` when None
+)->np.ndarray:              # the state: status, floor, day, day floor, last close equity, daily limit, m, tipp, peak equity, last cap
+    "A fresh, active state of the stop, the daily limit and the risk budget."
+    if multiplier is None or tipp is None:
+        cfg = risk_config()
+        multiplier = cfg.cppi_multiplier if multiplier is None else multiplier
+        tipp = cfg.tipp if tipp is None else tipp
+    return _new_state(float(start_equity), float(stop), float(daily_loss_limit), float(multiplier), float(tipp))
+
+@njit(cache=True)
+def budget_floor(s:np.ndarray)->float:
+    "The risk budget's floor: the portfolio stop's, ratcheted up to `tipp` x the highest close equity."
+    return max(s[_FLOOR], s[_TIPP] * s[_PEAK])
+
+def budget_reason(
+    cap:float, # the cap in force (`cushion_cap`)
+    m:float,   # the multiplier
+)->str:
+    "The risk budget in a decision's reason."
+    return f"risk budget: exposure capped at {cap:.0%} by the cushion (m {m:g} x a cushion of {cap / m:.1%} of equity above the floor)"
+
+@njit(cache=True)
+def cushion_cap(
+
+    s:np.ndarray,   # the state
+    equity:float,   # equity now
+)->float:           # the largest gross exposure allowed, a fraction of equity; inf when the budget is off
+    "The risk budget (CPPI): m x (equity - floor) / equity, never below 0."
+    if s[_M] <= 0: return np.inf
+    if equity <= 0: return 0.0
+    return max(0.0, s[_M] * (equity - budget_floor(s)) / equity)
+
 
 @njit(cache=True)
 def stop_new_bar(
@@ -116,7 +152,9 @@ def stop_end_bar(
 )->int:            # the status
     "Record the close; fees and slippage of an exit can still take equity to the floor, which halts too."
     s[_LAST] = equity
+    if equity > s[_PEAK]: s[_PEAK] = equity
     if equity <= s[_FLOOR]: s[_STATUS] = HALTED
+
     return int(s[_STATUS])
 
 # %% ../nbs/06_risk.ipynb #313432ba
@@ -132,7 +170,7 @@ def _record(out, n, k, units, price, fee):
     return n + 1
 
 @njit(cache=True)
-def _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band):
+def _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band, over=False):
     "Trade each symbol towards the target decided on the last close, at this bar's open: sells first, so buys can use the cash."
     K = len(o)
     for sells in (True, False):
@@ -140,10 +178,13 @@ def _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_n
             if np.isnan(o[k]) or np.isnan(prev_target[k]): continue
             px = o[k]
             want = prev_target[k] * e_open / px
+            if over and abs(want * px) < min_notional[k]: want = 0.0   # over the budget, a position too small to trade is closed
             if amount_step[k] > 0: want = np.trunc(want / amount_step[k]) * amount_step[k]
             trade = want - pos[k]
+
             if abs(trade * px) <= 1e-9 * abs(e_open) or (trade < 0) != sells: continue
-            if want != 0.0 and abs(trade * px) < max(band * abs(e_open), min_notional[k]): continue   # closing is always allowed
+            b = 0.0 if over and trade < 0 else band   # over the risk budget: every sell counts, however small
+            if want != 0.0 and abs(trade * px) < max(b * abs(e_open), min_notional[k]): continue   # closing is always allowed
             if trade > 0:                                    # spot: buys are limited to the cash there is
                 trade = min(trade, max(book[0], 0.0) / (px * (1.0 + slippage) * (1.0 + fees)))
                 if amount_step[k] > 0: trade = np.floor(trade / amount_step[k]) * amount_step[k]
@@ -165,7 +206,7 @@ def step_nb(
     out:np.ndarray,         # (2 x symbols, 4) filled with this bar's fills: symbol, units (signed), price after slippage, fee
     fees:float, slippage:float, min_notional:np.ndarray, amount_step:np.ndarray, band:float,
 )->tuple:                   # (fills, of which rebalances, equity, status, exit fraction, what fired, resumed)
-    "One bar for a portfolio: fill the last close's targets at the open, run the stop inside the bar, mark at the close."
+    "One bar for a portfolio: fill the last close's targets, within the risk budget, at the open; run the stop inside the bar; mark at the close."
     K = len(c); nf = 0
     was = s[_STATUS]
     stop_new_bar(s, day)
@@ -183,7 +224,15 @@ def step_nb(
     f = -1.0
     if invested: f, st = stop_check(s, e_open, e_open)          # gapped through the floor at the open
     if f < 0 and s[_STATUS] == ACTIVE and trade:
-        nf = _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band)
+        cap = cushion_cap(s, e_open); s[_CAP] = cap; gross = 0.0
+        for k in range(K):
+            if not np.isnan(prev_target[k]): gross += abs(prev_target[k])
+        want = prev_target * (cap / gross) if gross > cap else prev_target   # the budget scales every market alike
+        held = 0.0
+        for k in range(K):
+            if pos[k] != 0: held += abs(pos[k] * po[k])
+        nf = _rebalance(o, want, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band, held > cap * e_open)
+
         invested = False; e_open = book[0]; e_worst = book[0]
         for k in range(K):
             if pos[k] != 0:
@@ -216,14 +265,15 @@ def simulate_nb(
     target:np.ndarray,        # (bars, symbols) exposure decided on each bar's close
     day:np.ndarray,           # (bars,) UTC day numbers
     init_cash:float, fees:float, slippage:float, stop:float, daily_loss_limit:float,
+    multiplier:float, tipp:float, # the risk budget (0: off)
     min_notional:np.ndarray,  # (symbols,) smallest order value an exchange accepts (closing a position is always allowed)
     amount_step:np.ndarray,   # (symbols,) amounts are rounded towards zero to multiples of this (0 = fractional)
     band:float,               # skip rebalances smaller than this fraction of equity (0 = always rebalance)
 ):
-    "The bar loop: `step_nb` on every bar. Returns equity, status, units held, exit fraction, what fired, resumes, fees, fills."
+    "The bar loop: `step_nb` on every bar. Returns equity, status, units held, exit fraction, what fired, resumes, fees, fills, budget cap."
     T, K = close.shape
     fills = np.zeros((2 * T * K, 5)); nf = 0  # bar, symbol, units (signed), price after slippage, fee
-    s = stop_state(init_cash, stop, daily_loss_limit)
+    s = _new_state(init_cash, stop, daily_loss_limit, multiplier, tipp); cap = np.full(T, np.inf)
     book = np.array([init_cash, 0.0]); pos = np.zeros(K); last = np.full(K, np.nan); out = np.zeros((2 * K, 4))
     equity = np.empty(T); status = np.empty(T, np.int8); held = np.zeros((T, K)); frac = np.full(T, -1.0)
     fired = np.zeros(T, np.int8); resumed = np.zeros(T, np.bool_)
@@ -231,9 +281,11 @@ def simulate_nb(
         n, _, equity[t], status[t], f, fired[t], resumed[t] = step_nb(open_[t], high[t], low[t], close[t], target[t-1] if t > 0 else target[0], day[t],
                                                                    t > 0, book, pos, last, s, out, fees, slippage, min_notional, amount_step, band)
         if f >= 0: frac[t] = f
+        cap[t] = s[_CAP]
         fills[nf:nf+n, 0] = t; fills[nf:nf+n, 1:] = out[:n]; nf += n
         held[t] = pos
-    return equity, status, held, frac, fired, resumed, book[1], fills[:nf]
+    return equity, status, held, frac, fired, resumed, book[1], fills[:nf], cap
+
 
 # %% ../nbs/06_risk.ipynb #4ceb2442
 @dataclass
@@ -247,6 +299,7 @@ class Simulation:
     fills:pd.DataFrame    # time, symbol, units (signed), price (after slippage), fee: every fill, in order
     assumptions:dict      # fees, slippage, fill, stop, daily limit, init_cash
     stats:dict            # final and minimum equity as fractions of the start, halted_at
+    cap:pd.Series|None=None # the risk budget's cap on gross exposure at each bar it could trade (inf: no budget)
 
 def _ohlc(prices, index)->dict:
     return {c: np.column_stack([p[c].reindex(index).to_numpy('float64') for p in prices.values()]) for c in ('open', 'high', 'low', 'close')}
@@ -261,13 +314,15 @@ def simulate_exposure(
     daily_loss_limit:float|None=None, # `[risk] daily_loss_limit` when None
     rules:dict|None=None,             # {symbol: MarketRules}: amount step and minimum notional per symbol; none when None
     rebalance_band:float=0.0,         # skip rebalances smaller than this fraction of equity
+    multiplier:float=0.0,             # risk budget: gross exposure <= m x cushion / equity (0 = off; the agent passes `[risk] cppi_multiplier`)
+    tipp:float=0.0,                   # the budget's floor ratchets up to this share of the highest equity (0 = off)
 )->Simulation:
-    "Run target exposures through one cash-sharing portfolio with the portfolio stop and daily loss limit."
+    "Run target exposures through one cash-sharing portfolio with the portfolio stop, daily loss limit and (optionally) the risk budget."
     cfg, c = risk_config(), costs(fees, slippage, 'next_open', init_cash)
     init_cash, fees, slippage = c.init_cash, c.fees, c.slippage
     stop = cfg.portfolio_stop if stop is None else stop
     daily_loss_limit = cfg.daily_loss_limit if daily_loss_limit is None else daily_loss_limit
-    RiskConfig(portfolio_stop=stop, daily_loss_limit=daily_loss_limit)
+    RiskConfig(portfolio_stop=stop, daily_loss_limit=daily_loss_limit, cppi_multiplier=multiplier, tipp=tipp)
     if isinstance(prices, pd.DataFrame): prices = {prices.attrs.get('symbol', 'asset'): prices}
     if isinstance(target, pd.Series): target = target.to_frame(next(iter(prices)) if len(prices) == 1 else target.name)
     if list(target.columns) != list(prices):
@@ -282,9 +337,9 @@ def simulate_exposure(
     rules = rules or {}
     min_notional = np.array([rules[k].min_notional if k in rules else 0.0 for k in prices], dtype='float64')
     amount_step = np.array([rules[k].amount_step if k in rules else 0.0 for k in prices], dtype='float64')
-    eq, st, held, frac, fired, resumed, fees_paid, fl = simulate_nb(px['open'], px['high'], px['low'], px['close'], target.to_numpy('float64'),
+    eq, st, held, frac, fired, resumed, fees_paid, fl, cap = simulate_nb(px['open'], px['high'], px['low'], px['close'], target.to_numpy('float64'),
                                                 day, float(init_cash), float(fees), float(slippage), float(stop), float(daily_loss_limit),
-                                                min_notional, amount_step, float(rebalance_band))
+                                                float(multiplier), float(tipp), min_notional, amount_step, float(rebalance_band))
     syms = list(prices)
     fills = pd.DataFrame({'time': index[fl[:, 0].astype(int)], 'symbol': [syms[int(k)] for k in fl[:, 1]], 'units': fl[:, 2],
                           'price': fl[:, 3], 'fee': fl[:, 4]})
@@ -296,8 +351,10 @@ def simulate_exposure(
              'halted_at': str(halted.iloc[0]) if len(halted) else None, 'fees_paid': float(fees_paid)}
     assumptions = {'fees': fees, 'slippage': slippage, 'fill': 'next_open', 'stop': stop, 'daily_loss_limit': daily_loss_limit,
                    'init_cash': init_cash, 'stop_fill': 'at the floor inside the bar, or at the open when it gapped through'}
-    assumptions.update({'rebalance_band': rebalance_band, 'exchange_rules': sorted(rules)})
-    return Simulation(equity, status, pd.DataFrame(held, index, list(prices)), events, float(fees_paid), fills, assumptions, stats)
+    assumptions.update({'rebalance_band': rebalance_band, 'exchange_rules': sorted(rules), 'cppi_multiplier': multiplier if stop > 0 else 0.0, 'tipp': tipp})
+    return Simulation(equity, status, pd.DataFrame(held, index, list(prices)), events, float(fees_paid), fills, assumptions, stats,
+                      pd.Series(cap, index, name='cap'))
+
 
 def stop_reason(
     fired:int,        # HALTED or PAUSED
@@ -321,6 +378,14 @@ def _events(equity, fired, resumed, frac, init_cash, stop, daily)->pd.DataFrame:
             rows.append({'time': equity.index[i], 'event': STATUS[fired[i]], 'equity': float(equity.iloc[i]),
                          'reason': stop_reason(int(fired[i]), float(frac[i]), init_cash, stop, daily)})
     return pd.DataFrame(rows, columns=['time', 'event', 'equity', 'reason'])
+
+# %% ../nbs/06_risk.ipynb #cefb11ab
+def budget_multiplier(
+    prices:dict,  # {symbol: OHLCV} of the history `m` is chosen on
+)->float:         # the largest whole m with which the worst single-bar fall would not take more than the cushion
+    "The risk budget's multiplier from data: 1 / the worst fall of one bar (open or low against the previous close), rounded down."
+    worst = max(float((1 - np.minimum(p['low'], p['open']) / p['close'].shift()).max()) for p in prices.values())
+    return float(math.floor(1.0 / worst))
 
 # %% ../nbs/06_risk.ipynb #bef95598
 def vol_scale(

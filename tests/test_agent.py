@@ -49,8 +49,31 @@ def test_learning_sees_no_future(candles):
     pd.testing.assert_frame_equal(base.target.iloc[:t + 1], other.target.iloc[:t + 1])
     assert not np.array_equal(base.choice[t + 1:], other.choice[t + 1:]) or not base.target.iloc[t + 1:].equals(other.target.iloc[t + 1:])
 
-def test_portfolio_stop_through_the_2022_bear_market(candles):
+def test_shadow_records_and_scores_use_only_closed_bars(candles):
+    "The shadow returns, the ledger records made from them and the chosen scores are the same from a plan made at a bar's close as from one that saw months more."
+    hist = cut(candles, '2022-01-01', '2022-08-31')
+    full = agent.plan(hist)
+    t = int(full.index.searchsorted(pd.Timestamp('2022-06-30 23:00', tz='UTC')))
+    part = agent.plan({s: df.iloc[:t + 1] for s, df in hist.items()})
+    assert part.index[-1] == full.index[t] and set(part.shadow) == set(full.shadow)
+    for k, v in part.shadow.items(): np.testing.assert_array_equal(v, full.shadow[k][:t + 1])
+    np.testing.assert_array_equal(part.score, full.score[:t + 1])
+    closed = pd.Timestamp('2022-07-01', tz='UTC')                   # every monthly record that had ended by the cut's close
+    keys = ['strategy', 'symbol', 'regime', 'period_start']
+    a, b = (portfolio.shadow_performance(x, '1h', period='M') for x in (part, full))
+    a, b = (x[x.period_end <= closed].sort_values(keys).reset_index(drop=True) for x in (a, b))
+    assert len(a) > 20 and (a.n_trades > 0).any()
+    pd.testing.assert_frame_equal(a, b)
+    late = {s: df.copy() for s, df in hist.items()}                 # and a record that did not end yet changes when the future does
+    for df in late.values(): df.iloc[t + 1:, :4] *= 1.1
+    c = portfolio.shadow_performance(agent.plan(late), '1h', period='M')
+    assert not c[c.period_end > closed].reset_index(drop=True).equals(b.iloc[:0]) and len(c) >= len(b)
+
+def test_portfolio_stop_through_the_2022_bear_market(candles, monkeypatch):
+    "With the risk budget the stop does not fire in 2022; without it (the agent as it was) 2022 takes the agent to its floor, and the stop holds."
     hist = cut(candles, '2021-09-01', '2022-12-31')
+    assert portfolio.backtest_agent(hist, start='2022-01-01').stats['halted_at'] is None
+    monkeypatch.setenv('TBOT_RISK_CPPI_MULTIPLIER', '0'); monkeypatch.setenv('TBOT_ALLOCATION_ENTRY_TRADES', '0')
     r = portfolio.backtest_agent(hist, start='2022-01-01')
     eq, units, fills = r.equity, r.simulation.units, r.simulation.fills
     halted = r.stats['halted_at']

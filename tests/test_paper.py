@@ -22,6 +22,10 @@ def write_store(d:Path, shared:Path, tfs=('1h',), a=None, b=None)->Path:
             write_series(read_candle_file(shared / f"{sym.replace('/', '_')}-{tf}.feather").loc[a:b], Series('binance', sym, tf), d)
     return d
 
+# The risk budget (CPPI) and the entry filter keep the agent off its floor; to exercise the 5% stop and the daily limit as the
+# last line, some tests turn them off (the kernel is the same either way; other tests trade with them on).
+NO_BUDGET = {'TBOT_RISK_CPPI_MULTIPLIER': '0', 'TBOT_ALLOCATION_ENTRY_TRADES': '0'}
+
 def env_for(d:Path, **extra)->dict:
     "The environment of a user whose store (and ledger) is `d`."
     return {'TBOT_DATA_DIR': str(d), 'TBOT_REPORTS_DIR': str(d.parent / 'reports'), **extra}
@@ -83,8 +87,8 @@ def short_1h(tmp_path_factory, shared)->Path:
 
 @pytest.fixture(scope='module')
 def luna(full_1h)->dict:
-    "One replay over the LUNA crash with the default settings (the 5% stop and the 3% daily limit live)."
-    env = env_for(full_1h)
+    "One replay over the LUNA crash with the 5% stop and the 3% daily limit as the only protection (budget off)."
+    env = env_for(full_1h, **NO_BUDGET)
     t = time.monotonic()
     p = tbot('paper', 'start', '--replay', f'{LUNA[0]}:{LUNA[1]}', env=env)
     return {'env': env, 'ledger': full_1h / 'ledger.sqlite', 'out': p.stdout, 'seconds': time.monotonic() - t}
@@ -97,7 +101,7 @@ def test_luna_crash_replay_equals_the_backtest(luna, monkeypatch):
     assert o['ok'] and o['first_difference'] is None and o['note'] is None
     assert o['fills'] == o['backtest_fills'] > 10 and o['max_equity_difference'] <= 1e-9
     # an independent backtest, not the parity command's: the same candles (up to the last bar), the replay's start
-    monkeypatch.setenv('TBOT_DATA_DIR', env['TBOT_DATA_DIR'])
+    for k, v in {'TBOT_DATA_DIR': env['TBOT_DATA_DIR'], **NO_BUDGET}.items(): monkeypatch.setenv(k, v)
     from tbot.portfolio import backtest_agent, load_data
     bars = pd.DataFrame(rows(ledger, 'SELECT time, n, equity, status FROM bars ORDER BY time'), columns=['time', 'n', 'equity', 'status'])
     last = pd.Timestamp(bars.time.iloc[-1])
@@ -147,7 +151,7 @@ def test_status_json_after_the_replay(luna):
 def test_reset_stop_flow(luna, tmp_path):
     src = Path(luna['env']['TBOT_DATA_DIR'])
     d = copy_store(src, tmp_path / 'data'); shutil.copy(luna['ledger'], d / 'ledger.sqlite')
-    env, ledger = env_for(d), d / 'ledger.sqlite'
+    env, ledger = env_for(d, **NO_BUDGET), d / 'ledger.sqlite'
     assert rows(ledger, 'SELECT status FROM bars ORDER BY time DESC LIMIT 1') == [('halted',)], 'the LUNA replay should halt'
     # a changed setting on the same account is refused in one line, and nothing is written
     before = dump(ledger)
