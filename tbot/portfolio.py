@@ -65,20 +65,25 @@ def attribution(
         np.add.at(flow, (close.index.get_indexer(fills.time), [p.symbols.index(s) for s in fills.symbol]),
                   -(fills.units * fills.price).to_numpy() - fills.fee.to_numpy())
     pnl = np.diff(np.vstack([np.zeros((1, S)), value]), axis=0) + flow       # per bar and symbol; sums to the equity change
-    rows = []
+    acc = {by: {} for by in ('bot', 'strategy', 'regime', 'symbol')}
+    def add(by, keys, sums, counts):
+        for key, v, n in zip(keys, sums, counts):
+            if n: acc[by][key] = acc[by].get(key, 0.0) + v
     for s, sym in enumerate(p.symbols):
         cols = [c for c in p.weights.columns if c[1] == sym]
         w = p.weights[cols].shift(1).fillna(0.0)
         tot = w.sum(axis=1)
         share = w.div(tot.where(tot > 0), axis=0).ffill().fillna(1.0 / len(cols)).to_numpy()
-        reg = p.regimes[sym].shift(1).astype(object).fillna('unknown').to_numpy()
+        regs, rinv = np.unique(p.regimes[sym].shift(1).astype(object).fillna('unknown').to_numpy().astype(str), return_inverse=True)
         for j, (bot, _) in enumerate(cols):
             b = p.policy.bot_names.index(bot)
-            k = np.r_[-1, p.choice[:-1, b, s]]
-            strat = np.where(k >= 0, np.array(p.candidates[b] + ['none'])[k], 'none')
-            rows.append(pd.DataFrame({'bot': bot, 'symbol': sym, 'strategy': strat, 'regime': reg, 'pnl': pnl[:, s] * share[:, j]}))
-    df = pd.concat(rows)
-    return {by: df.groupby(by, sort=True)['pnl'].sum().rename('pnl') for by in ('bot', 'strategy', 'regime', 'symbol')}
+            x = pnl[:, s] * share[:, j]
+            names = p.candidates[b] + ['none']
+            k = np.r_[-1, p.choice[:-1, b, s]]; k = np.where(k >= 0, k, len(names) - 1)
+            add('bot', [bot], [x.sum()], [T]); add('symbol', [sym], [x.sum()], [T])
+            add('strategy', names, np.bincount(k, x, len(names)), np.bincount(k, None, len(names)))
+            add('regime', regs, np.bincount(rinv, x, len(regs)), np.bincount(rinv, None, len(regs)))
+    return {by: pd.Series(d, dtype='float64', name='pnl').rename_axis(by).sort_index() for by, d in acc.items()}
 
 # %% ../nbs/07c_portfolio.ipynb #7a642081
 def halt_text(
