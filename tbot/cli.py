@@ -27,6 +27,9 @@ COMMANDS = {  # name: (module, function, one-line help)
     'schedule':    ('tbot.schedule', 'cli_schedule', 'run the scheduled jobs of settings.ini'),
     'paper':       ('tbot.paper', 'cli_paper', 'paper trading: the agent bar by bar on live or replayed candles'),
     'config':      ('tbot.params', 'cli_config', 'which settings file is in force; where the store, ledger and reports are'),
+    'health':      ('tbot.health', 'cli_health', 'one health report (trader, candles, scheduler, exchange, machine); exit 1 when unhealthy'),
+    'notify':      ('tbot.notify', 'cli_notify', "notifications through apprise: a test message, or watch the ledger's events and health"),
+    'logs':        ('tbot.logs', 'cli_logs', "tbot's structured log (JSON lines, rotated, secrets redacted); -f follows it"),
 }
 
 def available_commands()->dict:
