@@ -107,3 +107,23 @@ def test_watch_without_urls_records(candles, tmp_path):
     assert 'no TBOT_NOTIFY_URLS set' in p.stderr
     rec = [json.loads(l) for l in (tmp_path / 'reports' / 'notify' / 'log.jsonl').read_text().splitlines()]
     assert {r['status'] for r in rec} == {'dropped'} and {r['kind'] for r in rec} >= {'started', 'finished'}
+
+def test_logs_show_and_follow(tmp_path, hook):
+    "`tbot logs` shows the notifier's outcomes as JSON lines without any secret; `-f` follows new lines."
+    d = tmp_path / 'data'; env = env_for(d, hook.url)
+    tbot('notify', 'test', env=env)
+    lines = tbot('logs', '--json', env=env).stdout.splitlines()
+    rec = [json.loads(l) for l in lines]
+    assert [(r['logger'], r['level'], r['msg'], r['kind']) for r in rec] == [('tbot.notify', 'INFO', 'sent: tbot: test message', 'test')]
+    assert 'tbot.notify: sent: tbot: test message' in tbot('logs', env=env).stdout
+    f = subprocess.Popen([TBOT, 'logs', '-f', '-n', '1', '--json'], env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(f.stdout.readline()) == rec[-1]    # the last line: it is following now
+        tbot('notify', 'test', env=env)
+        new = json.loads(f.stdout.readline())
+        assert new['msg'] == 'sent: tbot: test message' and new['at'] > rec[-1]['at']
+    finally: f.terminate(); f.wait(30)
+    no_secret(hook, d)
+    log = tmp_path / 'reports' / 'logs' / 'tbot.jsonl'
+    assert TOKEN[:8] not in log.read_text() and KEY[:8] not in log.read_text()
+    one_line_error(tbot('logs', '--file', str(tmp_path / 'none.jsonl'), env=env, check=False), 'no log at')
