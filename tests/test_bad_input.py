@@ -151,6 +151,16 @@ def _cases()->list[Case]:
     add('paper-parity-missing-ledger', 'paper', 'parity', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-missing-ledger', 'paper', 'reset-stop', '--by', 'alice', '--reason', 'x', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-without-by', 'paper', 'reset-stop', '--reason', 'x')
+    # health, notify, logs
+    add('health-unknown-check', 'health', '--only', 'pulse')
+    add('health-empty-only', 'health', '--only', ',')
+    add('health-negative-threshold', 'health', env={'TBOT_HEALTH_LAG_BARS': '-1'})
+    add('health-ping-and-no-ping', 'health', '--ping', '--no-ping')
+    add('notify-test-without-urls', 'notify', 'test', env={'TBOT_NOTIFY_URLS': ''})
+    add('notify-watch-interval-zero', 'notify', 'watch', '--interval', '0')
+    add('notify-bad-tries', 'notify', 'watch', '--once', env={'TBOT_NOTIFY_TRIES': '-1'})
+    add('logs-lines-negative', 'logs', '-n', '-3')
+    add('logs-missing-file', 'logs', '--file', '/nonexistent/tbot.jsonl')
     # config, and no command at all
     add('config-unknown-option', 'config', '--bogus')
     add('config-settings-missing', 'config', env={'TBOT_SETTINGS': '/nonexistent/settings.ini'})
