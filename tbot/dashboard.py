@@ -9,40 +9,41 @@ from __future__ import annotations
 import hashlib, html, importlib.util, ipaddress, json, os, secrets, signal, socket, sqlite3, subprocess, sys, threading, time, webbrowser
 from pathlib import Path
 import numpy as np, pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 from . import __version__
 from .config import TbotError, check_number, settings
 from .console import ArgParser
 from .data import load, quality_report, store_synthetic, timeframe_delta
 from .ledger import Ledger, ledger_path
-from .paper import backtest_candles, read_ledger, record, status
+from .paper import account, backtest_candles, read_ledger
 from .portfolio import benchmark, policy_for
-from .trader import TraderLock
+from .trader import TraderLock, book_from_fills
 
 # %% auto #0
-__all__ = ['LEDGER_ENV', 'STALE_AFTER', 'START_HINT', 'COLORS', 'ASSUMPTIONS', 'TABS', 'ledger_version', 'heartbeat', 'pulse',
-           'dashboard_state', 'synthetic_label', 'hook', 'html_table', 'banner', 'regimes_table', 'split_figure',
-           'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table',
-           'fills_table', 'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix',
-           'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel', 'git_commit',
-           'deployment_panel', 'draw_all', 'timer_widget', 'Board', 'dashboard_notebook', 'voila_command',
-           'check_address', 'dashboard_parser', 'cli_dashboard', 'demo_plan']
+__all__ = ['LEDGER_ENV', 'STALE_AFTER', 'START_HINT', 'VERSION_SQL', 'JSON_COLS', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'TABS',
+           'CSS', 'POOL_FILL_DELAY', 'NICE', 'ledger_version', 'heartbeat', 'pulse', 'read_record', 'paper_status',
+           'dashboard_state', 'synthetic_label', 'hook', 'html_table', 'display_index', 'figure', 'banner',
+           'regimes_table', 'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution',
+           'bots_table', 'positions_table', 'fills_table', 'performance_figure', 'performance_table', 'risk_rows',
+           'risk_panel', 'research_matrix', 'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel',
+           'git_commit', 'deployment_panel', 'panel', 'draw_all', 'timer_widget', 'Board', 'dashboard_notebook',
+           'voila_command', 'check_address', 'dashboard_parser', 'cli_dashboard', 'demo_plan']
 
 # %% ../nbs/13_dashboard.ipynb #62bf1ee8
 LEDGER_ENV = 'TBOT_DASHBOARD_LEDGER'  # the ledger `tbot dashboard` hands to the page's kernel
 STALE_AFTER = 60.0                     # seconds without a heartbeat after which a running trader counts as stale
 START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
+VERSION_SQL = ("SELECT COALESCE((SELECT MAX(n) + 1 FROM bars WHERE account = a.id), 0) + COALESCE((SELECT MAX(id) FROM events WHERE account = a.id), 0) "
+               "FROM accounts a WHERE a.mode = 'paper'")   # two index lookups (bars by (account, n), events by id): no table scan
 
 def ledger_version(
     path:str|Path, # the ledger
 )->int:            # 0 when there is no ledger yet
-    "A number that grows with every committed bar or event: the page redraws only when it changes."
+    "A number that grows with every committed bar or event (bars processed plus the last event id): the page redraws only when it changes."
     path = Path(path)
     if not path.is_file(): return 0
     try:
         con = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=5)
-        try: return int(con.execute('SELECT (SELECT COUNT(*) FROM bars) + (SELECT COALESCE(MAX(id), 0) FROM events)').fetchone()[0])
+        try: r = con.execute(VERSION_SQL).fetchone(); return int(r[0]) if r else 0
         finally: con.close()
     except sqlite3.Error: return 0   # no trading tables yet
 
@@ -62,6 +63,34 @@ def pulse(path:str|Path, stale_after:float=STALE_AFTER)->dict:
     return {'version': v, 'running': pid, 'heartbeat_age': age, 'stale': not pid or age is None or age > stale_after}
 
 # %% ../nbs/13_dashboard.ipynb #b38a24fa
+JSON_COLS = ('risk', 'prices', 'targets', 'regimes', 'split', 'strategies')   # the bars' json columns, parsed once per bar
+
+def _times(f:pd.DataFrame, *cols)->pd.DataFrame:
+    for c in cols: f[c] = pd.to_datetime(f[c], utc=True, format='ISO8601')
+    return f
+
+def read_record(
+    con:sqlite3.Connection, # a read-only ledger, inside one read transaction
+    a:dict,                 # the account (`tbot.paper.account`)
+    prev:dict|None=None,    # the record read last time: only rows added since are read
+)->dict:                    # account, bars, fills, events, decisions (as `tbot.paper.record`, bars' json parsed)
+    "The account's record as frames, reading only what is new since `prev`: bars after its last n, fills after its last seq, decisions after its last id; events whole (a reset row is updated when it applies)."
+    same = prev is not None and prev['account']['id'] == a['id'] and prev['account']['start'] == a['start']
+    after = lambda k, col: int(prev[k][col].iloc[-1]) if same and len(prev[k]) else -1
+    q = lambda sql, k=None, col=None: pd.read_sql(sql, con, params=(a['id'], after(k, col) if k else -1))
+    new = {'bars': q('SELECT time, n, equity, status, risk, prices, targets, regimes, split, strategies, lag, done FROM bars WHERE account = ? AND n > ? ORDER BY n', 'bars', 'n'),
+           'fills': q('SELECT f.seq, f.time, f.symbol, f.units, f.price, f.fee, o.intent, o.bar AS decided, f.order_id FROM fills f JOIN orders o ON o.id = f.order_id '
+                      'WHERE f.account = ? AND f.seq > ? ORDER BY f.seq', 'fills', 'seq'),
+           'decisions': q('SELECT id, time, kind, bot, symbol, regime, strategy, score, split, reason FROM trade_decisions WHERE account = ? AND id > ? ORDER BY id', 'decisions', 'id'),
+           'events': q('SELECT id, at, time, kind, detail, data, applied FROM events WHERE account = ? AND id > ? ORDER BY id')}
+    for c in JSON_COLS: new['bars'][c] = new['bars'][c].map(json.loads)
+    for k, cols in (('bars', ['time']), ('fills', ['time', 'decided']), ('events', ['at', 'time', 'applied']), ('decisions', ['time'])): _times(new[k], *cols)
+    out = {'account': a}
+    for k, f in new.items():
+        old = prev[k] if same and k != 'events' else None
+        out[k] = f if old is None or not len(old) else old if not len(f) else pd.concat([old, f], ignore_index=True)
+    return out
+
 def _bh_curve(a:dict, last:pd.Timestamp)->pd.Series:
     "Buy-and-hold equity bar by bar: every market, equal weights, bought at the first bar's next open with the same costs (as `status`)."
     c = a['config']
@@ -71,23 +100,63 @@ def _bh_curve(a:dict, last:pd.Timestamp)->pd.Series:
     if min(len(f) for f in frames.values()) < 2: return pd.Series(dtype='float64')
     return benchmark(frames, c['fees'], c['slippage'], c['init_cash'], 'next_open').equity
 
+def paper_status(
+    r:dict,        # a record (`read_record`)
+    running,       # the pid of the trader holding the ledger, or None
+    bh:pd.Series,  # the buy-and-hold curve (`_bh_curve`)
+    n:int=5,       # how many recent decisions and problems
+)->dict:           # the fields of `tbot paper status --json`
+    "What `tbot.paper.status` says, from a record already read (one snapshot: the banner and every tab count the same bars)."
+    a, bars, ev, c, f = r['account'], r['bars'], r['events'], r['account']['config'], r['fills']
+    syms = c['symbols']
+    book, pos = book_from_fills(list(zip(f.symbol.map(syms.index), f.units, f.price, f.fee)), a['init_cash'], len(syms))
+    out = {'mode': 'paper', 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
+           'running': running, 'since': str(a['start']), 'symbols': syms, 'init_cash': a['init_cash'],
+           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(f),
+           'fees_paid': float(book[1]), 'cash': float(book[0]), 'units': dict(zip(syms, map(float, pos))), 'halted': None}
+    started = ev[ev.kind == 'started']
+    out['started'] = str(started['at'].iloc[-1]) if len(started) else None
+    if not len(bars): return out
+    last = bars.iloc[-1]
+    close = last.time + timeframe_delta(min((k[1] for k in c['keys']), key=timeframe_delta))
+    out.update({'last_bar': str(last.time), 'status': last.status, 'equity': float(last.equity), 'floor': float(last.risk[1]),
+                'return': float(last.equity / a['init_cash'] - 1), 'buy_and_hold': float(bh.iloc[-1]) if len(bh) else None,
+                'lag_seconds': None if c['replay'] else round((pd.Timestamp.now(tz='UTC') - close).total_seconds(), 1),
+                'strategies': last.strategies, 'regimes': last.regimes, 'split': last.split, 'targets': last.targets, 'prices': last.prices})
+    if last.status == 'halted':
+        h = ev[ev.kind == 'halted'].iloc[-1]
+        pending = ev[(ev.kind == 'reset') & ev.applied.isna()]
+        out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
+                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)")}
+    out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
+    bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]
+    out['problems'] = [f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.detail}" for e in bad.tail(n).itertuples()]
+    lag = bars.lag.dropna()
+    out['lag_p50_ms'], out['lag_p99_ms'] = (round(float(np.percentile(lag, q)) * 1000, 1) if len(lag) else None for q in (50, 99))
+    return out
+
 def dashboard_state(
     path:str|Path|None=None,        # the ledger; `<data_dir>/ledger.sqlite` when None
     stale_after:float=STALE_AFTER,  # heartbeat age (s) after which the page says stale
+    prev:dict|None=None,            # the state read last time: only what is new is read
 )->dict:                            # everything the panels draw
-    "Read the ledger (read-only) and the trader's heartbeat: the whole state the page shows."
+    "Read the ledger (read-only, one snapshot) and the trader's heartbeat: the whole state the page shows."
     path = Path(path or ledger_path())
     st = {'ledger': str(path), 'read_at': pd.Timestamp.now(tz='UTC'), **pulse(path, stale_after)}
     try: con = read_ledger(path)
     except TbotError as e: return {**st, 'status': 'empty', 'why': str(e), 'synthetic': False}
-    try: r = record(con)
+    try:
+        con.execute('BEGIN')   # one read transaction: the version, the bars and the fills all come from the same commit
+        st['version'] = int(con.execute(VERSION_SQL).fetchone()[0])
+        r = read_record(con, account(con), (prev or {}).get('record'))
     finally: con.close()
-    s = status(path)
     a = r['account']; c = a['config']; b = r['bars']
-    for col in ('risk', 'prices', 'targets', 'regimes', 'split', 'strategies'): b[col] = b[col].map(json.loads)
-    st.update(record=r, paper=s, config=c, synthetic=c['exchange'] == 'synthetic' or any(x.startswith('SYN') for x in c['symbols']))
-    if not len(b): return {**st, 'status': 'empty', 'why': 'the paper account has processed no bar yet'}
-    st['buy_and_hold'] = _bh_curve(a, b.time.iloc[-1])
+    st.update(record=r, config=c, synthetic=c['exchange'] == 'synthetic' or any(x.startswith('SYN') for x in c['symbols']))
+    if not len(b): return {**st, 'paper': paper_status(r, st['running'], pd.Series(dtype='float64')), 'status': 'empty', 'why': 'the paper account has processed no bar yet'}
+    key = (a['id'], b.time.iloc[-1])   # buy-and-hold is computed again only when a new bar came
+    st['buy_and_hold'] = prev['buy_and_hold'] if prev and prev.get('bh_key') == key else _bh_curve(a, b.time.iloc[-1])
+    st['bh_key'], st['paper'] = key, paper_status(r, st['running'], st['buy_and_hold'])
+    s = st['paper']
     st['status'] = 'halted' if s['status'] == 'halted' else 'stale' if st['stale'] else s['status']
     return st
 
@@ -103,13 +172,14 @@ def hook(id:str, value, text=None)->str:
     return f"<span id='{id}' data-value='{_e('' if value is None else value)}'>{_e(value if text is None else text)}</span>"
 
 def html_table(rows:list[dict], empty:str='(none)', title:str|None=None)->str:
-    "A small HTML table of dicts (escaped)."
+    "A small HTML table of dicts (escaped), in a box that scrolls sideways on a narrow window; long texts wrap."
     head = f"<h4>{_e(title)}</h4>" if title else ''
     if not rows: return head + f"<p class='tbot-empty'><i>{_e(empty)}</i></p>"
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    th = ''.join(f"<th style='text-align:left;padding:2px 8px'>{_e(c)}</th>" for c in cols)
-    tr = ''.join('<tr>' + ''.join(f"<td style='padding:2px 8px'>{_e(_fmt(r.get(c)))}</td>" for c in cols) + '</tr>' for r in rows)
-    return head + f"<table style='border-collapse:collapse;font-size:13px'><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"
+    th = ''.join(f"<th style='text-align:left;padding:2px 8px;border-bottom:1px solid #bbb'>{_e(c)}</th>" for c in cols)
+    td = lambda v: (lambda t: f"<td{' class=tbot-long' if len(t) > 60 else ''} style='padding:2px 8px'>{_e(t)}</td>")(_fmt(v))
+    tr = ''.join('<tr>' + ''.join(td(r.get(c)) for c in cols) + '</tr>' for r in rows)
+    return head + f"<div class='tbot-scroll'><table style='border-collapse:collapse;font-size:13px'><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table></div>"
 
 def _fmt(v)->str:
     if v is None or (isinstance(v, float) and np.isnan(v)): return '-'
@@ -124,6 +194,41 @@ def _ago(sec)->str:
 
 def _box(color:str, body:str)->str:
     return f"<div style='border:3px solid {color};background:{color}22;padding:8px 12px;margin:4px 0;border-radius:6px'>{body}</div>"
+
+# %% ../nbs/13_dashboard.ipynb #f1a9e002
+MAX_POINTS = 2000   # a figure draws at most about this many points of a series
+
+def display_index(
+    keys:list,              # the series (equal length) whose highs and lows must show
+    n:int=MAX_POINTS,       # about how many points to keep
+)->np.ndarray:              # positions to draw, increasing
+    "Which points of a long series to draw: all of a short one; else the first, the last, and each stretch's lowest and highest of every key series."
+    m = len(keys[0])
+    if m <= n: return np.arange(m)
+    size = int(np.ceil(m / max(1, n // (2 * len(keys)))))
+    keep = [np.array([0, m - 1])]
+    for y in keys:
+        y = np.asarray(y, dtype='float64'); pad = (-m) % size
+        blocks = np.concatenate([y, np.full(pad, np.nan)]).reshape(-1, size)
+        base = np.arange(blocks.shape[0]) * size
+        ok = ~np.isnan(blocks).all(1)
+        keep += [(base + np.nanargmin(np.where(np.isnan(blocks), np.inf, blocks), 1))[ok], (base + np.nanargmax(np.where(np.isnan(blocks), -np.inf, blocks), 1))[ok]]
+    return np.unique(np.concatenate(keep))
+
+def _x(t)->list:
+    "Bar times as plotly reads them (UTC, to the minute)."
+    return list(np.datetime_as_string(pd.DatetimeIndex(t).tz_convert(None).values, unit='m'))
+
+def _line(t, y, name:str, **kw)->dict: return {'type': 'scatter', 'mode': 'lines', 'x': _x(t), 'y': [None if v != v else float(v) for v in y], 'name': name, **kw}
+
+def figure(data:list, title:str, height:int=300, note:str='', **layout)->dict:
+    "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box."
+    return {'data': data, 'layout': {'title': {'text': title + (f"<br><sup>{note}</sup>" if note else ''), 'x': 0.01, 'xanchor': 'left', 'font': {'size': 14}},
+                                     'height': height, 'autosize': True, 'margin': {'l': 55, 'r': 15, 't': 60 if note else 40, 'b': 30},
+                                     'legend': {'orientation': 'h', 'y': -0.12}, **layout}}
+
+def _drawn(k:np.ndarray, m:int)->str:
+    return '' if len(k) == m else f"{len(k):,} of {m:,} bars drawn (each stretch's high and low kept)"
 
 # %% ../nbs/13_dashboard.ipynb #b7ef9ce9
 COLORS = {'active': '#2e7d32', 'paused': '#ef6c00', 'halted': '#c62828', 'stale': '#6d4c41', 'empty': '#1565c0'}
@@ -171,14 +276,13 @@ def regimes_table(st:dict)->str:
                      'regime changes': int(changed.iloc[-1] - 1)})
     return html_table(rows, title=f"{synthetic_label(st)}Regimes now")
 
-def split_figure(st:dict)->go.Figure:
+def split_figure(st:dict)->dict:
     "The capital split across bots over time (the last bar's is the split now)."
-    fig = go.Figure()
+    data, note = [], ''
     if st['status'] != 'empty':
-        sp = _frame(st['record']['bars'], 'split')
-        for bot in sp.columns: fig.add_trace(go.Scatter(x=sp.index, y=sp[bot], name=f"{bot} {sp[bot].iloc[-1]:.0%}", stackgroup='split', mode='lines'))
-    fig.update_layout(title=f"{synthetic_label(st)}Capital split across bots (share of equity)", yaxis_tickformat='.0%', height=300, margin=dict(l=40, r=10, t=40, b=30))
-    return fig
+        sp = _frame(st['record']['bars'], 'split'); k = display_index([sp[c].to_numpy() for c in sp.columns]); note = _drawn(k, len(sp))
+        data = [_line(sp.index[k], sp[bot].to_numpy()[k], f"{bot} {sp[bot].iloc[-1]:.0%}", stackgroup='split') for bot in sp.columns]
+    return figure(data, f"{synthetic_label(st)}Capital split across bots (share of equity)", 300, note, yaxis={'tickformat': '.0%'})
 
 def decisions_table(st:dict, n:int=15)->str:
     "The agent's latest decisions with their reasons, newest first."
@@ -263,21 +367,20 @@ ASSUMPTIONS = ("PAPER trading: no real order was sent. Fills follow the backtest
                "slippage {slippage:.3%} on every fill, Binance's amount steps and minimum order. Buy-and-hold: every market, equal weights, the same costs. "
                "These are live (not research) results; past results promise nothing.")
 
-def performance_figure(st:dict)->go.Figure:
+def performance_figure(st:dict)->dict:
     "Equity against buy-and-hold and the 95% floor, and the drawdown below."
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.05)
+    data, note = [], 'fees and slippage included'
     if st['status'] != 'empty':
-        b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy()
-        fig.add_trace(go.Scatter(x=t, y=eq, name='paper equity', line=dict(color='#1565c0')), 1, 1)
-        bh = st['buy_and_hold']
-        if len(bh): fig.add_trace(go.Scatter(x=bh.index, y=bh.to_numpy(), name='buy-and-hold', line=dict(color='#9e9e9e')), 1, 1)
-        fig.add_trace(go.Scatter(x=t, y=[r[1] for r in b.risk], name='floor (portfolio stop)', line=dict(color='#c62828', dash='dash')), 1, 1)
+        b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy(); floor = np.array([r[1] for r in b.risk], dtype='float64')
         dd = eq / np.maximum.accumulate(eq) - 1
-        fig.add_trace(go.Scatter(x=t, y=dd, name='drawdown', fill='tozeroy', line=dict(color='#ef6c00')), 2, 1)
-    fig.update_layout(title=f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor (fees and slippage included)", height=460,
-                      margin=dict(l=50, r=10, t=40, b=30), legend=dict(orientation='h', y=-0.12))
-    fig.update_yaxes(tickformat='.1%', row=2, col=1)
-    return fig
+        k = display_index([eq, dd]); bh = st['buy_and_hold']
+        data = [_line(t[k], eq[k], 'paper equity', line={'color': '#1565c0'})]
+        if len(bh): kb = display_index([bh.to_numpy()]); data.append(_line(bh.index[kb], bh.to_numpy()[kb], 'buy-and-hold', line={'color': '#9e9e9e'}))
+        data += [_line(t[k], floor[k], 'floor (portfolio stop)', line={'color': '#c62828', 'dash': 'dash'}),
+                 _line(t[k], dd[k], 'drawdown', fill='tozeroy', line={'color': '#ef6c00'}, yaxis='y2')]
+        note += '; ' + _drawn(k, len(b)) if len(k) < len(b) else ''
+    return figure(data, f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor", 460, note,
+                  yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}}, xaxis={'anchor': 'y2'})
 
 def performance_table(st:dict)->str:
     "Returns, fees, drawdown and attribution by market, regime, bot and strategy, with the assumptions."
@@ -431,17 +534,19 @@ TABS = [('Agent', ['regimes_table', 'split_figure', 'scores_table', 'decisions_t
         ('Positions', ['positions_table', 'fills_table']), ('Performance', ['performance_figure', 'performance_table']), ('Risk', ['risk_panel']),
         ('Strategy record', ['strategy_record']), ('Data', ['data_panel']), ('Health', ['health_panel']), ('Deployment', ['deployment_panel'])]
 
+def panel(n:str, st:dict):
+    "One panel from the state: HTML, or a figure (json); a panel that fails says so in one line instead."
+    try: return globals()[n](st)
+    except Exception as e:
+        why = f"this panel could not be drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return figure([], why[:200]) if n.endswith('_figure') else _box(COLORS['paused'], _e(why))
+
 def draw_all(st:dict)->dict:
-    "Every panel of the page from one state: name -> HTML or plotly figure; a panel that fails says so in one line."
-    out = {}
-    for _, names in TABS:
-        for n in names:
-            try: out[n] = globals()[n](st)
-            except Exception as e: out[n] = _box(COLORS['paused'], f"this panel could not be drawn: {_e(type(e).__name__)}: {_e(str(e).splitlines()[0] if str(e) else '')}")
-    return out
+    "Every panel of the page from one state: name -> HTML or figure."
+    return {n: panel(n, st) for _, ns in TABS for n in ns}
 
 def timer_widget(interval:float=1.0):
-    "A browser-side timer (anywidget): `setInterval` bumps `tick`; the kernel observes it. It stops when the tab closes, so the kernel idles and is culled."
+    "A browser-side timer (anywidget, a few lines of ESM): `setInterval` bumps `tick`; the kernel observes it. It stops when the tab closes, so the kernel idles and is culled."
     import anywidget, traitlets
     class Timer(anywidget.AnyWidget):
         _esm = """export default { render({ model, el }) {
@@ -452,39 +557,64 @@ def timer_widget(interval:float=1.0):
     return Timer(interval_ms=int(interval * 1000))
 
 # %% ../nbs/13_dashboard.ipynb #9632c9a0
+CSS = """<style>
+.tbot-scroll { overflow-x: auto; max-width: 100%; }
+.tbot-scroll td, .tbot-scroll th { white-space: nowrap; vertical-align: top; }
+.tbot-scroll td.tbot-long { white-space: normal; min-width: 22em; }
+.tbot-scroll tbody tr:nth-child(odd) { background: rgba(0, 0, 0, 0.03); }
+.tbot-page .widget-tab > .lm-TabBar, .tbot-page .widget-tab > .p-TabBar { height: auto !important; min-height: 0; overflow: visible; }
+.tbot-page .widget-tab > .lm-TabBar .lm-TabBar-content, .tbot-page .widget-tab > .p-TabBar .p-TabBar-content { flex-wrap: wrap; }
+.tbot-page .widget-tab > .lm-TabBar .lm-TabBar-tab, .tbot-page .widget-tab > .p-TabBar .p-TabBar-tab { flex: 0 0 auto !important; min-width: 0; max-width: none; }
+.tbot-page .widget-tab > .lm-TabBar .lm-TabBar-tabLabel { overflow: visible; text-overflow: clip; }
+.tbot-page pre { white-space: pre-wrap; word-break: break-all; }
+</style>"""
+
+def _mime(fig:dict)->tuple:
+    "A figure as the output of an `ipywidgets.Output`: voila draws it with plotly's own renderer (loaded once per page), no widget per figure."
+    return ({'output_type': 'display_data', 'data': {'application/vnd.plotly.v1+json': fig, 'text/plain': fig['layout']['title']['text']}, 'metadata': {}},)
+
 class Board:
-    "The page's widgets: a banner, the tabs, a footer; redrawn when the ledger version, the trader's running or staleness changes."
-    def __init__(self, ledger=None, interval:float=1.0, stale_after:float=STALE_AFTER, min_gap:float=1.5):
+    "The page's widgets: a banner, the tabs, a footer. Each tick: one cheap version query; on a change, the new rows are read and only the banner and the tab in view are drawn (a tab out of view is drawn when it is chosen)."
+    def __init__(self, ledger=None, interval:float=1.0, stale_after:float=STALE_AFTER):
         import ipywidgets as W
         self.path = Path(ledger or os.environ.get(LEDGER_ENV) or ledger_path())
-        self.stale_after, self.min_gap, self.drawn, self.last_draw, self.draws = stale_after, min_gap, None, 0.0, 0
+        self.stale_after, self.state, self.key, self.drawn, self.draws, self.figs = stale_after, None, None, {}, 0, {}
         self.top, self.foot = W.HTML(), W.HTML()
-        self.parts = {n: W.VBox() if n.endswith('_figure') else W.HTML() for _, ns in TABS for n in ns}
+        self.parts = {n: W.Output() if n.endswith('_figure') else W.HTML() for _, ns in TABS for n in ns}
+        self.tabs = W.Tab(children=[W.VBox([self.parts[n] for n in ns]) for _, ns in TABS], titles=[t for t, _ in TABS], selected_index=0)
+        self.tabs.observe(lambda ch: self.draw_tab(), 'selected_index')
         self.timer = timer_widget(interval)
         self.timer.observe(lambda ch: self.refresh(), 'tick')
+        self.box = W.VBox([W.HTML(CSS), self.top, self.tabs, self.foot, self.timer], layout=W.Layout(max_width='1400px'))
+        self.box.add_class('tbot-page')
         self.refresh()
 
-
     def refresh(self, force:bool=False)->bool:
-        "On each tick: a cheap pulse; a full redraw only when something changed (and not more often than `min_gap`)."
+        "On each tick: the pulse; when the ledger version, the trader's running or its staleness changed, read what is new and draw."
         pu = pulse(self.path, self.stale_after)
         key = (pu['version'], bool(pu['running']), pu['stale'])
-        drew = (force or key != self.drawn) and time.monotonic() - self.last_draw >= (0 if force else self.min_gap)
-        if drew: self.draw(key)
+        drew = force or key != self.key
+        if drew:
+            self.state = dashboard_state(self.path, self.stale_after, self.state)
+            self.key = (self.state['version'], bool(self.state['running']), self.state['stale'])
+            self.top.value = banner(self.state)
+            self.box.layout.border = f"6px solid {COLORS['halted']}" if self.state['status'] == 'halted' else ''
+            self.draws += 1
+            self.draw_tab()
         self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {_ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
                            f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {_e(self.path)}: nothing on this page changes the trader</small>")
         return drew
 
-    def draw(self, key):
-        st = dashboard_state(self.path, self.stale_after)
-        self.top.value = banner(st)
-        for n, out in draw_all(st).items():
-            w = self.parts[n]
-            if not n.endswith('_figure'): w.value = out; continue
-            if not isinstance(out, go.Figure): out = go.Figure(layout=dict(title=str(out)[:200]))
-            old, w.children = w.children, (go.FigureWidget(out),)   # a new widget holds its traces in its state: traces added to a
-            for o in old: o.close()                                  # FigureWidget not yet displayed never reach the browser
-        self.drawn, self.last_draw, self.draws = key, time.monotonic(), self.draws + 1
+    def draw_tab(self, i:int|None=None):
+        "Draw the panels of tab `i` (the one in view) unless they already show this state; only the widgets whose content changed are sent."
+        i = self.tabs.selected_index or 0 if i is None else i
+        if self.state is None or self.drawn.get(i) == self.key: return
+        for n in TABS[i][1]:
+            out, w = panel(n, self.state), self.parts[n]
+            if n.endswith('_figure'):
+                if self.figs.get(n) != out: w.outputs, self.figs[n] = _mime(out), out
+            elif w.value != out: w.value = out
+        self.drawn[i] = self.key
 
 # %% ../nbs/13_dashboard.ipynb #ab9bf1a7
 def dashboard_notebook()->Path:
@@ -494,11 +624,14 @@ def dashboard_notebook()->Path:
         if p.is_file(): return p
     raise TbotError(f"the dashboard notebook is missing ({pkg / 'pages' / 'dashboard.ipynb'}); reinstall tbot")
 
-def voila_command(nb:Path, port:int, ip:str, token:str, cull_idle:int=120, cull_interval:int=30)->list[str]:
-    "voila on one notebook with its safe defaults kept (no sources, no tracebacks), a token, and idle kernels culled."
+POOL_FILL_DELAY = 10   # seconds after a page took the preheated kernel before the next one starts: not while that page loads
+
+def voila_command(nb:Path, port:int, ip:str, token:str, cull_idle:int=120, cull_interval:int=30, preheat:bool=True)->list[str]:
+    "voila on one notebook with its safe defaults kept (no sources, no tracebacks), a token, idle kernels culled, and one kernel preheated."
     return [sys.executable, '-m', 'voila', str(nb), '--no-browser', f'--port={port}', f'--Voila.ip={ip}', '--Voila.port_retries=0', f'--token={token}',
             '--show_tracebacks=False', '--VoilaConfiguration.strip_sources=True', '--Voila.log_level=WARN',
-            f'--MappingKernelManager.cull_interval={cull_interval}', f'--MappingKernelManager.cull_idle_timeout={cull_idle}']
+            f'--MappingKernelManager.cull_interval={cull_interval}', f'--MappingKernelManager.cull_idle_timeout={cull_idle}',
+            *([f'--preheat_kernel=True', '--pool_size=1', f'--VoilaKernelManager.fill_delay={POOL_FILL_DELAY}'] if preheat else [])]
 
 def check_address(ip:str, port)->tuple:
     "Refuse a bad --port or --ip, or one already in use, in one line; say whether the address is local."
@@ -523,6 +656,8 @@ def dashboard_parser(prog:str='tbot dashboard')->ArgParser:
     return p
 
 # %% ../nbs/13_dashboard.ipynb #093f4e56
+NICE = 10   # the dashboard's processes run at this niceness: the trader (0) comes first on a busy machine
+
 def _wait_listening(proc, ip:str, port:int, timeout:float=60.0)->bool:
     t = time.monotonic()
     while time.monotonic() - t < timeout and proc.poll() is None:
@@ -544,7 +679,8 @@ def cli_dashboard(argv:list[str], prog:str='tbot dashboard')->int:
     env = {**os.environ, LEDGER_ENV: str(ledger), 'TBOT_DATA_DIR': str(s.data_dir.absolute()), **({'TBOT_SETTINGS': str(s.path)} if s.path else {})}
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.set())
-    proc = subprocess.Popen(voila_command(nb, port, a.ip, token, cull, min(30, cull)), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(voila_command(nb, port, a.ip, token, cull, min(30, cull)), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.nice(NICE))   # voila and its kernels yield the CPU to the trader
     try:
         if not _wait_listening(proc, a.ip, port): raise TbotError(f"voila did not start on {a.ip}:{port} (exit {proc.poll()})")
         host = f'[{a.ip}]' if ':' in a.ip else a.ip

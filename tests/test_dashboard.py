@@ -63,8 +63,10 @@ def test_state_equals_paper_status_and_every_panel_draws(replay, store, dash):
     assert set(out) == {n for _, ns in dash.TABS for n in ns}
     assert not [n for n, v in out.items() if 'could not be drawn' in str(v)]
     fig = out['performance_figure']
-    assert [t.name for t in fig.data] == ['paper equity', 'buy-and-hold', 'floor (portfolio stop)', 'drawdown']
-    assert len(fig.data[0].y) == o['bars'] and fig.data[0].y[-1] == o['equity'] and fig.data[1].y[-1] == pytest.approx(o['buy_and_hold'], abs=1e-9)
+    assert [t['name'] for t in fig['data']] == ['paper equity', 'buy-and-hold', 'floor (portfolio stop)', 'drawdown']
+    assert len(fig['data'][0]['y']) == o['bars'] and fig['data'][0]['y'][-1] == o['equity'] and fig['data'][1]['y'][-1] == o['buy_and_hold']
+    assert f"<td style='padding:2px 8px'>{o['bars']}</td>" in out['performance_table']   # the Performance tab counts the banner's bars
+    json.dumps(fig, allow_nan=False)                                 # plain json: what the browser gets
     assert 'slippage 0.050%' in out['performance_table'] and 'PAPER' in out['performance_table']     # the assumptions beside the figures
     at = dash.attribution(st)                                        # by market: exact, sums to the equity change
     assert at['symbol'].sum() == pytest.approx(o['equity'] - o['init_cash'], abs=1e-6) == at['regime'].sum()
@@ -97,8 +99,9 @@ def test_the_dashboard_never_writes_the_ledger(replay, halted, dash):
     before = snapshot(replay.parent)
     for led in (replay, halted):
         st = dash.dashboard_state(led); dash.draw_all(st); dash.research_matrix(led); dash.pulse(led)
-        b = dash.Board(led); b.refresh(force=True)
-        assert len(b.parts['performance_figure'].children[0].get_state()['_widget_data']) == 4   # the traces reach the browser
+        b = dash.Board(led); b.refresh(force=True); b.tabs.selected_index = 3   # Performance: drawn when chosen
+        fig = b.parts['performance_figure'].get_state()['outputs'][0]['data']['application/vnd.plotly.v1+json']
+        assert len(fig['data']) == 4                                 # the traces reach the browser
     assert snapshot(replay.parent) == before
 
 def test_the_page_follows_a_running_trader(store, tmp_path, dash):
@@ -106,7 +109,8 @@ def test_the_page_follows_a_running_trader(store, tmp_path, dash):
     for p in (store / 'binance').rglob('*'):
         if p.is_file(): (d / p.relative_to(store)).parent.mkdir(parents=True, exist_ok=True); (d / p.relative_to(store)).write_bytes(p.read_bytes())
     led = d / 'ledger.sqlite'
-    assert dash.Board(led).refresh() is False                       # no ledger yet: drawn once (empty), nothing new
+    board = dash.Board(led)
+    assert board.refresh() is False and board.state['status'] == 'empty'   # no ledger yet: drawn once (empty), nothing new
     proc = subprocess.Popen([TBOT, 'paper', 'start', '--replay', '2022-05-01:2022-06-30', '--speed', '7200', '--ledger', str(led)],
                             env={**os.environ, **env_for(d)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -116,12 +120,24 @@ def test_the_page_follows_a_running_trader(store, tmp_path, dash):
         assert p1['running'] == proc.pid and not p1['stale'] and p1['heartbeat_age'] < 10
         st = dash.dashboard_state(led)
         assert st['status'] == 'active' and hooks(dash.banner(st))['tbot-running'] == '1'
-        time.sleep(3)
-        assert dash.pulse(led)['version'] > p1['version']            # new bars: the page would redraw
+        seen = set()
+        for _ in range(12):                                          # while the trader writes: one snapshot per read
+            board.refresh(); s = board.state; h = hooks(board.top.value)
+            n = len(s['record']['bars']); seen.add(n)
+            assert int(h['tbot-bars']) == s['paper']['bars'] == n == s['record']['bars'].n.iloc[-1] + 1   # the banner counts the bars the tabs draw
+            assert int(h['tbot-version']) == s['version'] == n + int(s['record']['events'].id.max())
+            assert float(h['tbot-equity']) == s['record']['bars'].equity.iloc[-1] and int(h['tbot-fills']) == len(s['record']['fills'])
+            time.sleep(0.25)
+        assert len(seen) > 3, seen                                   # the page followed new bars
+        assert dash.pulse(led)['version'] > p1['version']
     finally:
         proc.send_signal(signal.SIGTERM); proc.wait(60)
     p2 = dash.pulse(led)
     assert p2['running'] is None and p2['stale'] and dash.dashboard_state(led)['status'] == 'stale'
+    assert board.refresh() is True and board.state['status'] == 'stale'
+    full = dash.dashboard_state(led)                                 # what the page built a few rows at a time equals one whole read
+    for k in ('bars', 'fills', 'decisions', 'events'): pd.testing.assert_frame_equal(board.state['record'][k], full['record'][k])
+    assert {k: v for k, v in board.state['paper'].items() if k != 'lag_seconds'} == {k: v for k, v in full['paper'].items() if k != 'lag_seconds'}
 
 @pytest.mark.parametrize('args,msg', [(['--port', '99999'], '--port'), (['--port', 'abc'], '--port'), (['--ip', 'nowhere'], '--ip'),
                                       (['--cull-idle', '0'], '--cull-idle'), (['--bogus'], 'unrecognized')])

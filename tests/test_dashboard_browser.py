@@ -136,9 +136,9 @@ def hooks(page)->dict:
 def open_page(browser, url:str, viewport=WIDE):
     "A new page on `url` that records its page errors and console errors (`page.errors`, `page.console`)."
     page = browser.new_page(viewport=viewport)
-    page.errors, page.console = [], []
+    page.errors, page.console, page.logs = [], [], []
     page.on('pageerror', lambda e: page.errors.append(f'{e.message} | {(e.stack or "").splitlines()[1:3]}'))
-    page.on('console', lambda m: m.type == 'error' and page.console.append(m.text))
+    page.on('console', lambda m: (page.logs.append(f'{m.type}: {m.text}'), m.type == 'error' and page.console.append(m.text)))
     page.goto(url, wait_until='domcontentloaded', timeout=180_000)    # voila runs the notebook before the page arrives
     return page
 
@@ -177,11 +177,15 @@ def line_paths(page)->list:
     return page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line')]"
                          ".filter(p => p.getBoundingClientRect().width > 0).map(p => p.getAttribute('d') || '')")
 
+ANYWIDGET_ERROR = re.compile(r'anywidget.*(fail|error)|Failed to initialize model|Could not create (a )?(model|view)', re.I)
+
 def page_problems(page, since:int=0)->list:
-    "Page errors (from the `since`-th on), widget and cell errors shown on the page, console errors other than the resources offline."
+    """Page errors (from the `since`-th on), widget and cell errors shown on the page, console errors other than the resources offline,
+    and any console message of any level saying a widget failed to start ("[anywidget] Failed to initialize model": the timer would be dead)."""
     text = page.evaluate('() => document.body.textContent')
     return ([f'pageerror: {e}' for e in page.errors[since:]] + [f'page shows {s!r}' for s in (WIDGET_ERROR, CELL_ERROR) if s in text]
-            + [f'console: {c}' for c in page.console if 'Failed to load resource' not in c and 'net::ERR' not in c])
+            + [f'console: {c}' for c in page.console if 'Failed to load resource' not in c and 'net::ERR' not in c]
+            + [f'console: {c}' for c in page.logs if ANYWIDGET_ERROR.search(c) and not c.startswith('error: ')])
 
 class Inotify:
     "File events in one folder (Linux inotify through ctypes): which files were opened, and which were written or closed after writing."
@@ -255,9 +259,25 @@ def test_every_tab_renders_without_errors_at_both_sizes(page):
         for name in TABS:
             show_tab(page, name)
             assert page_problems(page) == [], f'{name} at {size} px'
+            assert layout_problems(page, vp['width']) == [], f'{name} at {size} px'
             shoot(page, SHOTS / f"{TABS.index(name) + 1:02d}-{name.lower().replace(' ', '-')}-{size}.png")
+        show_tab(page, 'Performance')
+        widths = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map(e => e.getBoundingClientRect().width).filter(w => w > 0)")
+        assert widths and all(vp['width'] * 0.75 < w <= vp['width'] for w in widths), (size, widths)   # the figure takes the window's width
     page.set_viewport_size(WIDE)
     assert page.evaluate('() => window.tbotNoReload') == 1
+
+def layout_problems(page, width:int)->list:
+    "What a person could not read at this window width: a tab label cut, the page wider than the window (a table must scroll in its own box)."
+    return page.evaluate("""w => {
+      const out = [];
+      for (const t of document.querySelectorAll('.lm-TabBar-tab')) {
+        const l = t.querySelector('.lm-TabBar-tabLabel') || t;
+        if (l.scrollWidth > l.clientWidth + 1) out.push('tab label cut: ' + t.textContent.trim());
+      }
+      if (document.documentElement.scrollWidth > w + 1) out.push('page wider than the window: ' + document.documentElement.scrollWidth);
+      for (const t of document.querySelectorAll('table')) if (t.offsetParent && !t.closest('.tbot-scroll')) out.push('a table outside its scroll box');
+      return out; }""", width)
 
 def test_equity_figure_has_data(page):
     show_tab(page, 'Performance')
@@ -375,10 +395,12 @@ def test_a_closed_tab_kernel_is_culled(page, run):
     dash = run['dash']
     idle, every = dash.option('cull_idle_timeout'), dash.option('cull_interval')
     assert idle and every, 'voila runs without kernel culling'
-    assert len(dash.kernels()) >= 1
+    pool = int(dash.option('pool_size') or 0)                        # the preheated kernel waits for the next tab: never culled
+    mine = [p.pid for p in dash.kernels()]
+    assert len(mine) >= pool + 1, mine
     page.close(); t = time.monotonic()
     limit = idle + every + 15
-    while dash.kernels():
-        assert time.monotonic() - t < limit, f'{len(dash.kernels())} kernels alive {limit:.0f} s after the tab closed'
+    while len(dash.kernels()) > pool:
+        assert time.monotonic() - t < limit, f'{len(dash.kernels())} kernels alive {limit:.0f} s after the tab closed (the pool holds {pool})'
         time.sleep(0.5)
-    print(f'kernel culled {time.monotonic() - t:.1f} s after the tab closed (idle timeout {idle:.0f} s, interval {every:.0f} s)')
+    print(f'kernel culled {time.monotonic() - t:.1f} s after the tab closed (idle timeout {idle:.0f} s, interval {every:.0f} s); {pool} preheated kernel waits')
