@@ -2,7 +2,9 @@
 Debian chromium (/usr/bin/chromium) through Playwright. Prints figures; asserts nothing about time. Writes only inside a temp dir.
 
   (1) time to first full render: from the request until the page's hooks hold values and its timer has ticked (and until the
-      equity line is drawn), for a first tab and for two more;
+      equity line is drawn), for a first tab (on the preheated kernel) and for two more (the second may find the pool refilling);
+      beside the same time for a REFERENCE page, a one-widget voila page served the same way (nice 10, no preheat): on a shared
+      2-core machine the load of others moves both, and the ratio says what the dashboard adds to voila's own start;
   (2) update latency: from a bar's commit in the ledger (polled every 20 ms) until the page shows it, without a reload;
   (3) memory: each dashboard kernel (RSS and USS, psutil) with one tab open, and the whole dashboard (voila + kernels) with three;
   (4) the trader's decision latency (`bars.lag` in the ledger: candle in hand to committed) over the same number of consecutive
@@ -14,9 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests'))
+import json, socket, subprocess
 import psutil
 from playwright.sync_api import sync_playwright
-from test_dashboard_browser import (Dashboard, Trader, bars_in, env_for, hooks, launch, line_paths, open_page, show_tab, wait_hook,
+from test_dashboard_browser import (Dashboard, Trader, bars_in, env_for, hooks, launch, line_paths, open_page, page_problems, show_tab, wait_hook,
                                     wait_ready, write_store)
 
 TMP = Path(tempfile.mkdtemp(prefix='tbot-bench-dashboard-'))
@@ -51,6 +54,38 @@ def render(browser, url)->tuple:
     except Exception: line = float('nan')
     return p, dom, ready, line
 
+REF_NB = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'ref', 'metadata': {}, 'outputs': [],
+                     'source': "import ipywidgets\nipywidgets.HTML(\"<span id='tbot-ref'>ok</span>\")"}],
+          'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
+
+def reference(browser, n=2)->list:
+    "Seconds from the request until the widget of a one-widget voila page shows (voila as `tbot dashboard` runs it, niced, no preheat)."
+    from tbot.dashboard import NICE, voila_command
+    nb = TMP / 'reference.ipynb'; nb.write_text(json.dumps(REF_NB))
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    proc = subprocess.Popen(voila_command(nb, port, '127.0.0.1', 'ref', preheat=False), preexec_fn=lambda: os.nice(NICE),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while True:
+            try: socket.create_connection(('127.0.0.1', port), timeout=1).close(); break
+            except OSError: time.sleep(0.1)
+        out = []
+        for _ in range(n):
+            t = time.monotonic(); p = browser.new_page(viewport={'width': 1400, 'height': 900})
+            p.goto(f'http://127.0.0.1:{port}/?token=ref', wait_until='domcontentloaded', timeout=180_000)
+            p.wait_for_selector('#tbot-ref', timeout=180_000); out.append(time.monotonic() - t); p.close()
+        return out
+    finally: proc.terminate(); proc.wait(30)
+
+def wait_preheated(dash, timeout=120):
+    "Until voila's preheated kernel has run the page up to `wait_for_request` (a kernel exists and idles for a second)."
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ks = dash.kernels()
+        if ks and all(k.cpu_percent(1.0) < 5 for k in ks): return True
+        time.sleep(0.5)
+    return False
+
 def memory(procs)->list:
     out = []
     for p in procs:
@@ -67,8 +102,10 @@ def main():
     try:
         without1 = lags(ledger, *phase(tr))
         t = time.monotonic(); dash = Dashboard(ledger, env, '--cull-idle', '60'); started = time.monotonic() - t
+        heated = wait_preheated(dash); preheat = time.monotonic() - t
         with sync_playwright() as pw:
             browser = launch(pw)
+            ref = reference(browser)
             pages, renders = [], []
             p, *r = render(browser, dash.url); pages.append(p); renders.append(r)
             k1 = memory(dash.kernels())
@@ -85,7 +122,7 @@ def main():
                 q2, *r = render(browser, dash.url); pages.append(q2); renders.append(r)
             k3, server = memory(dash.kernels()), memory([x for x in dash.tree() if x not in dash.kernels()])
             with_dash = lags(ledger, *phase(tr))
-            problems = sum(len(x.errors) for x in pages)
+            problems = [pr for x in pages for pr in page_problems(x)]
             for x in pages: x.close()
             browser.close()
         dash.stop(); dash = None
@@ -95,10 +132,12 @@ def main():
         tr.stop() if tr.proc.poll() is None else None
         tr.kill()
 
-    print(f'\n`tbot dashboard` listening after {started:5.1f} s')
-    print('\n(1) time to first full render (request -> DOM / hooks+timer ready / equity line drawn)')
+    print(f'\n`tbot dashboard` listening after {started:5.1f} s; its preheated kernel ready after {preheat:5.1f} s' + ('' if heated else ' (NOT ready)'))
+    r0 = statistics.median(ref)
+    print(f'\n(1) time to first full render (request -> DOM / hooks+timer ready / equity line drawn); the reference one-widget page: '
+          f'{", ".join(f"{x:.1f}" for x in ref)} s')
     for i, (dom, ready, line) in enumerate(renders, 1):
-        print(f'    tab {i}: DOM {dom:5.1f} s   ready {ready:5.1f} s   equity line {line:5.1f} s')
+        print(f'    tab {i}: DOM {dom:5.1f} s   ready {ready:5.1f} s   equity line {line:5.1f} s   (ready / reference {ready / r0:4.2f})')
     print(f'\n(2) update latency, a bar committed -> shown on the page (no reload: {not reloaded}):')
     print(f'    median {statistics.median(upd):5.2f} s   max {max(upd):5.2f} s   ({", ".join(f"{x:.2f}" for x in upd)})')
     print('\n(3) memory (psutil)')
@@ -109,6 +148,6 @@ def main():
     print(f'    without the dashboard     {ms(without1)}')
     print(f'    three tabs open           {ms(with_dash)}')
     print(f'    without again             {ms(without2)}')
-    print(f'\npage errors: {problems}')
+    print(f'\npage problems (errors, widget errors): {problems or "none"}; load average at the end {os.getloadavg()[0]:.1f}')
 
 if __name__ == '__main__': main()

@@ -577,13 +577,13 @@ class Board:
     "The page's widgets: a banner, the tabs, a footer. Each tick: one cheap version query; on a change, the new rows are read and only the banner and the tab in view are drawn (a tab out of view is drawn when it is chosen)."
     def __init__(self, ledger=None, interval:float=1.0, stale_after:float=STALE_AFTER):
         import ipywidgets as W
+        self.timer = timer_widget(interval)   # the first widget made, so the browser starts it first (see `alive`)
         self.path = Path(ledger or os.environ.get(LEDGER_ENV) or ledger_path())
-        self.stale_after, self.state, self.key, self.drawn, self.draws, self.figs = stale_after, None, None, {}, 0, {}
+        self.stale_after, self.state, self.key, self.drawn, self.draws, self.figs, self.alive = stale_after, None, None, {}, 0, {}, False
         self.top, self.foot = W.HTML(), W.HTML()
         self.parts = {n: W.Output() if n.endswith('_figure') else W.HTML() for _, ns in TABS for n in ns}
         self.tabs = W.Tab(children=[W.VBox([self.parts[n] for n in ns]) for _, ns in TABS], titles=[t for t, _ in TABS], selected_index=0)
         self.tabs.observe(lambda ch: self.draw_tab(), 'selected_index')
-        self.timer = timer_widget(interval)
         self.timer.observe(lambda ch: self.refresh(), 'tick')
         self.box = W.VBox([W.HTML(CSS), self.top, self.tabs, self.foot, self.timer], layout=W.Layout(max_width='1400px'))
         self.box.add_class('tbot-page')
@@ -591,6 +591,8 @@ class Board:
 
     def refresh(self, force:bool=False)->bool:
         "On each tick: the pulse; when the ledger version, the trader's running or its staleness changed, read what is new and draw."
+        first = bool(self.timer.tick) and not self.alive   # the first tick: the figures can come now
+        self.alive = self.alive or first
         pu = pulse(self.path, self.stale_after)
         key = (pu['version'], bool(pu['running']), pu['stale'])
         drew = force or key != self.key
@@ -601,20 +603,27 @@ class Board:
             self.box.layout.border = f"6px solid {COLORS['halted']}" if self.state['status'] == 'halted' else ''
             self.draws += 1
             self.draw_tab()
+        elif first: self.draw_tab()
         self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {_ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
                            f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {_e(self.path)}: nothing on this page changes the trader</small>")
         return drew
 
     def draw_tab(self, i:int|None=None):
-        "Draw the panels of tab `i` (the one in view) unless they already show this state; only the widgets whose content changed are sent."
+        """Draw the panels of tab `i` (the one in view) unless they already show this state; only the widgets whose content changed are sent.
+        Figures wait for the first tick: plotly drawing in the browser while the page starts could hold up the timer's start past
+        anywidget's 2 s deadline ("[anywidget] Failed to initialize model"); a tick proves the timer runs."""
         i = self.tabs.selected_index or 0 if i is None else i
         if self.state is None or self.drawn.get(i) == self.key: return
         for n in TABS[i][1]:
-            out, w = panel(n, self.state), self.parts[n]
+            w = self.parts[n]
             if n.endswith('_figure'):
+                if not self.alive: continue
+                out = panel(n, self.state)
                 if self.figs.get(n) != out: w.outputs, self.figs[n] = _mime(out), out
-            elif w.value != out: w.value = out
-        self.drawn[i] = self.key
+            else:
+                out = panel(n, self.state)
+                if w.value != out: w.value = out
+        if self.alive or not any(n.endswith('_figure') for n in TABS[i][1]): self.drawn[i] = self.key
 
 # %% ../nbs/13_dashboard.ipynb #ab9bf1a7
 def dashboard_notebook()->Path:
