@@ -15,7 +15,7 @@ from .console import ArgParser
 from .data import load, quality_report, store_synthetic, timeframe_delta
 from .ledger import Ledger, ledger_path
 from .paper import account, backtest_candles, read_ledger
-from .portfolio import benchmark, policy_for
+from .portfolio import policy_for
 from .trader import TraderLock, book_from_fills
 
 # %% auto #0
@@ -92,13 +92,19 @@ def read_record(
     return out
 
 def _bh_curve(a:dict, last:pd.Timestamp)->pd.Series:
-    "Buy-and-hold equity bar by bar: every market, equal weights, bought at the first bar's next open with the same costs (as `status`)."
+    """Buy-and-hold equity bar by bar: every market, equal weights, bought at the first bar's next open with the same costs (as `status`).
+    `tbot.portfolio.benchmark`'s equity in its closed form, the same arithmetic in the same order (so the same bits), without the
+    statistics it also computes: their numba compile cost the page's kernel 1.3 s and 55 MB."""
     c = a['config']
     data = backtest_candles(c, last)
     frames = {s: data[(s, min((k[1] for k in data), key=timeframe_delta))] for s in c['symbols']} if c['bot_timeframes'] else data
     frames = {s: f[(f.index >= a['start']) & (f.index <= last)] for s, f in frames.items()}
     if min(len(f) for f in frames.values()) < 2: return pd.Series(dtype='float64')
-    return benchmark(frames, c['fees'], c['slippage'], c['init_cash'], 'next_open').equity
+    cash, fees, slip, parts = float(c['init_cash']) / len(frames), float(c['fees']), float(c['slippage']), []
+    for f in frames.values():   # `tbot.backtest.buy_and_hold`, fill next_open: all in at the second bar's open, slippage against, fee on top
+        size = cash / (1 + fees) / (float(f['open'].iloc[1]) * (1 + slip))
+        parts.append(pd.Series(np.r_[np.full(1, cash), size * f['close'].to_numpy('float64')[1:]], f.index))
+    return sum(parts).rename('equity')
 
 def paper_status(
     r:dict,        # a record (`read_record`)
@@ -224,8 +230,8 @@ def _line(t, y, name:str, **kw)->dict: return {'type': 'scatter', 'mode': 'lines
 def figure(data:list, title:str, height:int=300, note:str='', **layout)->dict:
     "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box."
     return {'data': data, 'layout': {'title': {'text': title + (f"<br><sup>{note}</sup>" if note else ''), 'x': 0.01, 'xanchor': 'left', 'font': {'size': 14}},
-                                     'height': height, 'autosize': True, 'margin': {'l': 55, 'r': 15, 't': 60 if note else 40, 'b': 30},
-                                     'legend': {'orientation': 'h', 'y': -0.12}, **layout}}
+                                     'height': height, 'autosize': True, 'margin': {'l': 55, 'r': 15, 't': 60 if note else 40, 'b': 80},
+                                     'legend': {'orientation': 'h', 'yref': 'container', 'y': 0, 'yanchor': 'bottom', 'x': 0}, **layout}}
 
 def _drawn(k:np.ndarray, m:int)->str:
     return '' if len(k) == m else f"{len(k):,} of {m:,} bars drawn (each stretch's high and low kept)"
@@ -391,8 +397,8 @@ def performance_table(st:dict)->str:
     at = attribution(st)
     parts = [html_table(head, title=f'{synthetic_label(st)}Performance')]
     for k, what in (('symbol', 'market'), ('regime', 'regime'), ('bot', 'bot (approx.)'), ('strategy', 'strategy (approx.)')):
-        parts.append(f"<div style='display:inline-block;vertical-align:top;margin-right:24px'>{html_table([{what: i, 'P&L': v} for i, v in at[k].items()], title=f'P&L by {what}')}</div>")
-    return ''.join(parts) + f"<p><small>{_e(ASSUMPTIONS.format(**c))}</small></p>"
+        parts.append(f"<div>{html_table([{what: i, 'P&L': v} for i, v in at[k].items()], title=f'P&L by {what}')}</div>")
+    return parts[0] + f"<div class='tbot-row'>{''.join(parts[1:])}</div><p><small>{_e(ASSUMPTIONS.format(**c))}</small></p>"
 
 # %% ../nbs/13_dashboard.ipynb #3013b26c
 def risk_rows(st:dict)->list[dict]:
@@ -567,6 +573,10 @@ CSS = """<style>
 .tbot-page .widget-tab > .lm-TabBar .lm-TabBar-tab, .tbot-page .widget-tab > .p-TabBar .p-TabBar-tab { flex: 0 0 auto !important; min-width: 0; max-width: none; }
 .tbot-page .widget-tab > .lm-TabBar .lm-TabBar-tabLabel { overflow: visible; text-overflow: clip; }
 .tbot-page pre { white-space: pre-wrap; word-break: break-all; }
+.tbot-page .widget-html, .tbot-page .widget-html-content, .tbot-page .widget-vbox, .tbot-page .widget-output { min-width: 0; max-width: 100%; }
+.tbot-page .widget-html-content { line-height: 1.45; }
+.tbot-row { display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }
+.tbot-row > div { min-width: 0; max-width: 100%; }
 </style>"""
 
 def _mime(fig:dict)->tuple:

@@ -277,6 +277,9 @@ def layout_problems(page, width:int)->list:
       }
       if (document.documentElement.scrollWidth > w + 1) out.push('page wider than the window: ' + document.documentElement.scrollWidth);
       for (const t of document.querySelectorAll('table')) if (t.offsetParent && !t.closest('.tbot-scroll')) out.push('a table outside its scroll box');
+      // nothing is cut by the tab's edge: text, scroll boxes and figures end inside the window (a wide table scrolls inside its box)
+      for (const e of document.querySelectorAll('.tbot-scroll, .widget-html-content p, .widget-html-content h4, .js-plotly-plot'))
+        if (e.offsetParent && e.getBoundingClientRect().right > w + 1) out.push(`${e.className || e.tagName} ends at ${Math.round(e.getBoundingClientRect().right)} px: ${e.textContent.slice(0, 40)}`);
       return out; }""", width)
 
 def test_equity_figure_has_data(page):
@@ -404,3 +407,33 @@ def test_a_closed_tab_kernel_is_culled(page, run):
         assert time.monotonic() - t < limit, f'{len(dash.kernels())} kernels alive {limit:.0f} s after the tab closed (the pool holds {pool})'
         time.sleep(0.5)
     print(f'kernel culled {time.monotonic() - t:.1f} s after the tab closed (idle timeout {idle:.0f} s, interval {every:.0f} s); {pool} preheated kernel waits')
+
+def test_a_halted_system_is_impossible_to_miss(browser, tmp_path):
+    """A ledger whose portfolio stop fired (a 1% stop, no risk budget): the page opens on a red HALTED banner above everything, with
+    the command that resets it, a red frame around the whole page, at both widths; the Risk tab says HALTED first."""
+    d = write_store(tmp_path / 'data')
+    ledger = d / 'halted.sqlite'
+    env = {**env_for(d), 'TBOT_RISK_PORTFOLIO_STOP': '0.01', 'TBOT_RISK_CPPI_MULTIPLIER': '0', 'TBOT_RISK_TIPP': '0'}
+    assert tbot('paper', 'start', '--replay', '2022-05-01:2022-05-20', '--ledger', ledger, env=env).stdout.startswith('HALTED')
+    dash = Dashboard(ledger, env_for(d), '--cull-idle', str(CULL_IDLE))
+    try:
+        p = open_page(browser, dash.url)
+        try:
+            wait_ready(p)
+            assert hooks(p)['status'] == 'halted'
+            for size, vp in (('1400', WIDE), ('600', NARROW)):
+                p.set_viewport_size(vp); p.wait_for_timeout(300)
+                top = p.evaluate("""() => { const h = [...document.querySelectorAll('b')].find(b => b.textContent.trim() === 'HALTED');
+                                            const r = h.getBoundingClientRect(), t = document.querySelector('.lm-TabBar').getBoundingClientRect();
+                                            return {y: r.top, size: parseFloat(getComputedStyle(h).fontSize), tabs: t.top,
+                                                    frame: getComputedStyle(document.querySelector('.tbot-page')).borderTopColor} }""")
+                assert top['y'] < top['tabs'] and top['y'] < vp['height'] / 3 and top['size'] >= 20, (size, top)   # first, big, in view
+                assert top['frame'] == 'rgb(198, 40, 40)', (size, top)                                            # the page framed in red
+                assert 'tbot paper reset-stop --by NAME --reason TEXT' in p.locator('.tbot-page').inner_text()
+                assert layout_problems(p, vp['width']) == [] and page_problems(p) == []
+                SHOTS.mkdir(parents=True, exist_ok=True); shoot(p, SHOTS / f'00-halted-{size}.png')
+            show_tab(p, 'Risk')
+            risk = p.locator('.widget-tab-contents').inner_text()
+            assert risk.index('HALTED') < risk.index('Limits') and 'reset-stop' in risk
+        finally: p.close()
+    finally: dash.stop()
