@@ -252,7 +252,7 @@ def banner(st:dict)->str:
         return _box(COLORS['empty'], body + f"<small>{hooks}</small><span style='display:none'>{nums}</span>")
     top = ''
     if p.get('halted'):
-        top += _box(COLORS['halted'], f"<b style='font-size:20px'>HALTED</b> <b>{_e(p['halted']['text'])}</b><br>No new entries until a human resets the stop:"
+        top += _box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>{_e(p['halted']['text'].removeprefix('HALTED '))}</b><br>No new entries until a human resets the stop:"
                     f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {_e(led)}</pre>")
     if st['stale']:
         why = 'the trader is not running' if not st['running'] else f"no heartbeat for {_ago(st['heartbeat_age'])}"
@@ -375,7 +375,7 @@ ASSUMPTIONS = ("PAPER trading: no real order was sent. Fills follow the backtest
 
 def performance_figure(st:dict)->dict:
     "Equity against buy-and-hold and the 95% floor, and the drawdown below."
-    data, note = [], 'fees and slippage included'
+    data, note, flat = [], 'fees and slippage included', {}
     if st['status'] != 'empty':
         b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy(); floor = np.array([r[1] for r in b.risk], dtype='float64')
         dd = eq / np.maximum.accumulate(eq) - 1
@@ -385,8 +385,9 @@ def performance_figure(st:dict)->dict:
         data += [_line(t[k], floor[k], 'floor (portfolio stop)', line={'color': '#c62828', 'dash': 'dash'}),
                  _line(t[k], dd[k], 'drawdown', fill='tozeroy', line={'color': '#ef6c00'}, yaxis='y2')]
         note += '; ' + _drawn(k, len(b)) if len(k) < len(b) else ''
+        if dd.min() > -1e-4: flat = {'range': [-0.01, 0.001]}   # no drawdown yet: a flat line at 0, not an axis of +-100%
     return figure(data, f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor", 460, note,
-                  yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}}, xaxis={'anchor': 'y2'})
+                  yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}, **flat}, xaxis={'anchor': 'y2'})
 
 def performance_table(st:dict)->str:
     "Returns, fees, drawdown and attribution by market, regime, bot and strategy, with the assumptions."
