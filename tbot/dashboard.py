@@ -20,9 +20,9 @@ from .trader import TraderLock, book_from_fills
 
 # %% auto #0
 __all__ = ['LEDGER_ENV', 'STALE_AFTER', 'START_HINT', 'VERSION_SQL', 'JSON_COLS', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'TABS',
-           'CSS', 'POOL_FILL_DELAY', 'NICE', 'ledger_version', 'heartbeat', 'pulse', 'read_record', 'paper_status',
-           'dashboard_state', 'synthetic_label', 'hook', 'html_table', 'display_index', 'figure', 'banner',
-           'regimes_table', 'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution',
+           'CSS', 'FIGURE_GAP', 'POOL_FILL_DELAY', 'NICE', 'ledger_version', 'heartbeat', 'pulse', 'read_record',
+           'paper_status', 'dashboard_state', 'synthetic_label', 'hook', 'html_table', 'display_index', 'figure',
+           'banner', 'regimes_table', 'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution',
            'bots_table', 'positions_table', 'fills_table', 'performance_figure', 'performance_table', 'risk_rows',
            'risk_panel', 'research_matrix', 'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel',
            'git_commit', 'deployment_panel', 'panel', 'draw_all', 'timer_widget', 'Board', 'dashboard_notebook',
@@ -580,6 +580,8 @@ CSS = """<style>
 .tbot-row > div { min-width: 0; max-width: 100%; }
 </style>"""
 
+FIGURE_GAP = 5.0   # seconds between two redraws of one figure: plotly redrawing in the browser is the page's dearest work
+
 def _mime(fig:dict)->tuple:
     "A figure as the output of an `ipywidgets.Output`: voila draws it with plotly's own renderer (loaded once per page), no widget per figure."
     return ({'output_type': 'display_data', 'data': {'application/vnd.plotly.v1+json': fig, 'text/plain': fig['layout']['title']['text']}, 'metadata': {}},)
@@ -590,7 +592,7 @@ class Board:
         import ipywidgets as W
         self.timer = timer_widget(interval)   # the first widget made, so the browser starts it first (see `alive`)
         self.path = Path(ledger or os.environ.get(LEDGER_ENV) or ledger_path())
-        self.stale_after, self.state, self.key, self.drawn, self.draws, self.figs, self.alive = stale_after, None, None, {}, 0, {}, False
+        self.stale_after, self.state, self.key, self.drawn, self.draws, self.figs, self.fig_at, self.alive = stale_after, None, None, {}, 0, {}, {}, False
         self.top, self.foot = W.HTML(), W.HTML()
         self.parts = {n: W.Output() if n.endswith('_figure') else W.HTML() for _, ns in TABS for n in ns}
         self.tabs = W.Tab(children=[W.VBox([self.parts[n] for n in ns]) for _, ns in TABS], titles=[t for t, _ in TABS], selected_index=0)
@@ -613,8 +615,7 @@ class Board:
             self.top.value = banner(self.state)
             self.box.layout.border = f"6px solid {COLORS['halted']}" if self.state['status'] == 'halted' else ''
             self.draws += 1
-            self.draw_tab()
-        elif first: self.draw_tab()
+        self.draw_tab()   # nothing when the tab in view shows this state already
         self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {_ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
                            f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {_e(self.path)}: nothing on this page changes the trader</small>")
         return drew
@@ -622,19 +623,21 @@ class Board:
     def draw_tab(self, i:int|None=None):
         """Draw the panels of tab `i` (the one in view) unless they already show this state; only the widgets whose content changed are sent.
         Figures wait for the first tick: plotly drawing in the browser while the page starts could hold up the timer's start past
-        anywidget's 2 s deadline ("[anywidget] Failed to initialize model"); a tick proves the timer runs."""
+        anywidget's 2 s deadline ("[anywidget] Failed to initialize model"); a tick proves the timer runs. A figure is redrawn at most
+        every `FIGURE_GAP` seconds (the numbers above it follow every bar); a later tick draws what waited."""
         i = self.tabs.selected_index or 0 if i is None else i
         if self.state is None or self.drawn.get(i) == self.key: return
+        done = True
         for n in TABS[i][1]:
             w = self.parts[n]
             if n.endswith('_figure'):
-                if not self.alive: continue
+                if not self.alive or time.monotonic() - self.fig_at.get(n, -FIGURE_GAP) < FIGURE_GAP: done = False; continue
                 out = panel(n, self.state)
-                if self.figs.get(n) != out: w.outputs, self.figs[n] = _mime(out), out
+                if self.figs.get(n) != out: w.outputs, self.figs[n], self.fig_at[n] = _mime(out), out, time.monotonic()
             else:
                 out = panel(n, self.state)
                 if w.value != out: w.value = out
-        if self.alive or not any(n.endswith('_figure') for n in TABS[i][1]): self.drawn[i] = self.key
+        if done: self.drawn[i] = self.key
 
 # %% ../nbs/13_dashboard.ipynb #ab9bf1a7
 def dashboard_notebook()->Path:
