@@ -615,6 +615,7 @@ class Board:
             self.top.value = banner(self.state)
             self.box.layout.border = f"6px solid {COLORS['halted']}" if self.state['status'] == 'halted' else ''
             self.draws += 1
+        elif self.state['stale']: self.top.value = banner({**self.state, 'heartbeat_age': pu['heartbeat_age']})   # the age it says goes on (sent only when it changed)
         self.draw_tab()   # nothing when the tab in view shows this state already
         self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {_ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
                            f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {_e(self.path)}: nothing on this page changes the trader</small>")
