@@ -6,32 +6,28 @@ Docs: https://tbot-dev.github.io/tbot/dashboard.html.md"""
 
 # %% ../nbs/13_dashboard.ipynb #4cabe501
 from __future__ import annotations
-import hashlib, html, importlib.util, ipaddress, json, os, secrets, signal, socket, sqlite3, subprocess, sys, threading, time, webbrowser
+import ipaddress, json, os, secrets, signal, socket, sqlite3, subprocess, sys, threading, time, webbrowser
 from pathlib import Path
 import numpy as np, pandas as pd
-from . import __version__
+from . import panels
 from .config import TbotError, check_number, settings
 from .console import ArgParser
-from .data import load, quality_report, store_synthetic, timeframe_delta
-from .ledger import Ledger, ledger_path
+from .data import load, store_synthetic, timeframe_delta
+from .ledger import ledger_path
+from .panels import COLORS, ago, banner, box, esc, figure, heartbeat, hook, package_dir
 from .paper import account, backtest_candles, read_ledger
 from .portfolio import policy_for
-from .trader import TraderLock, book_from_fills
+from .trader import book_from_fills
 
 # %% auto #0
-__all__ = ['LEDGER_ENV', 'STALE_AFTER', 'START_HINT', 'VERSION_SQL', 'JSON_COLS', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'TABS',
-           'CSS', 'FIGURE_GAP', 'POOL_FILL_DELAY', 'NICE', 'ledger_version', 'heartbeat', 'pulse', 'read_record',
-           'paper_status', 'dashboard_state', 'synthetic_label', 'hook', 'html_table', 'display_index', 'figure',
-           'banner', 'regimes_table', 'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution',
-           'bots_table', 'positions_table', 'fills_table', 'performance_figure', 'performance_table', 'risk_rows',
-           'risk_panel', 'research_matrix', 'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel',
-           'git_commit', 'deployment_panel', 'panel', 'draw_all', 'timer_widget', 'Board', 'dashboard_notebook',
-           'voila_command', 'check_address', 'dashboard_parser', 'cli_dashboard', 'demo_plan']
+__all__ = ['LEDGER_ENV', 'STALE_AFTER', 'VERSION_SQL', 'JSON_COLS', 'TABS', 'CSS', 'FIGURE_GAP', 'POOL_FILL_DELAY', 'NICE',
+           'ledger_version', 'pulse', 'read_record', 'paper_status', 'dashboard_state', 'panel', 'draw_all',
+           'timer_widget', 'Board', 'dashboard_notebook', 'voila_command', 'check_address', 'dashboard_parser',
+           'cli_dashboard', 'demo_plan']
 
 # %% ../nbs/13_dashboard.ipynb #62bf1ee8
 LEDGER_ENV = 'TBOT_DASHBOARD_LEDGER'  # the ledger `tbot dashboard` hands to the page's kernel
 STALE_AFTER = 60.0                     # seconds without a heartbeat after which a running trader counts as stale
-START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
 VERSION_SQL = ("SELECT COALESCE((SELECT MAX(n) + 1 FROM bars WHERE account = a.id), 0) + COALESCE((SELECT MAX(id) FROM events WHERE account = a.id), 0) "
                "FROM accounts a WHERE a.mode = 'paper'")   # two index lookups (bars by (account, n), events by id): no table scan
 
@@ -46,16 +42,6 @@ def ledger_version(
         try: r = con.execute(VERSION_SQL).fetchone(); return int(r[0]) if r else 0
         finally: con.close()
     except sqlite3.Error: return 0   # no trading tables yet
-
-def heartbeat(
-    path:str|Path, # the ledger
-)->tuple:          # (pid of the running trader or None, seconds since its last loop or None)
-    "Whether a trader runs on the ledger, and how long ago its loop last touched `<ledger>.trader.lock`."
-    lock = TraderLock(Path(path))
-    if not lock.path.exists(): return None, None
-    try: age = max(0.0, time.time() - lock.path.stat().st_mtime)
-    except FileNotFoundError: return None, None
-    return lock.holder(), round(age, 1)
 
 def pulse(path:str|Path, stale_after:float=STALE_AFTER)->dict:
     "What the page checks every tick, cheaply: the ledger version, the trader's pid, its heartbeat age and whether it is stale."
@@ -166,376 +152,6 @@ def dashboard_state(
     st['status'] = 'halted' if s['status'] == 'halted' else 'stale' if st['stale'] else s['status']
     return st
 
-def synthetic_label(st:dict)->str:
-    "'SYNTHETIC ' when the market is made up, so that every title says so."
-    return 'SYNTHETIC ' if st.get('synthetic') else ''
-
-# %% ../nbs/13_dashboard.ipynb #4be4304d
-def _e(x)->str: return html.escape(str(x))
-
-def hook(id:str, value, text=None)->str:
-    "A stable HTML hook for the browser tests: an element with an id and the raw value in `data-value`."
-    return f"<span id='{id}' data-value='{_e('' if value is None else value)}'>{_e(value if text is None else text)}</span>"
-
-def html_table(rows:list[dict], empty:str='(none)', title:str|None=None)->str:
-    "A small HTML table of dicts (escaped), in a box that scrolls sideways on a narrow window; long texts wrap."
-    head = f"<h4>{_e(title)}</h4>" if title else ''
-    if not rows: return head + f"<p class='tbot-empty'><i>{_e(empty)}</i></p>"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    th = ''.join(f"<th style='text-align:left;padding:2px 8px;border-bottom:1px solid #bbb'>{_e(c)}</th>" for c in cols)
-    td = lambda v: (lambda t: f"<td{' class=tbot-long' if len(t) > 60 else ''} style='padding:2px 8px'>{_e(t)}</td>")(_fmt(v))
-    tr = ''.join('<tr>' + ''.join(td(r.get(c)) for c in cols) + '</tr>' for r in rows)
-    return head + f"<div class='tbot-scroll'><table style='border-collapse:collapse;font-size:13px'><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table></div>"
-
-def _fmt(v)->str:
-    if v is None or (isinstance(v, float) and np.isnan(v)): return '-'
-    if isinstance(v, float): return f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
-    if isinstance(v, pd.Timestamp): return f"{v:%Y-%m-%d %H:%M}"
-    return str(v)
-
-def _ago(sec)->str:
-    if sec is None: return 'never'
-    sec = float(sec)
-    return f"{sec:.0f} s" if sec < 120 else f"{sec / 60:.0f} min" if sec < 7200 else f"{sec / 3600:.1f} h" if sec < 172800 else f"{sec / 86400:.1f} days"
-
-def _box(color:str, body:str)->str:
-    return f"<div style='border:3px solid {color};background:{color}22;padding:8px 12px;margin:4px 0;border-radius:6px'>{body}</div>"
-
-# %% ../nbs/13_dashboard.ipynb #f1a9e002
-MAX_POINTS = 2000   # a figure draws at most about this many points of a series
-
-def display_index(
-    keys:list,              # the series (equal length) whose highs and lows must show
-    n:int=MAX_POINTS,       # about how many points to keep
-)->np.ndarray:              # positions to draw, increasing
-    "Which points of a long series to draw: all of a short one; else the first, the last, and each stretch's lowest and highest of every key series."
-    m = len(keys[0])
-    if m <= n: return np.arange(m)
-    size = int(np.ceil(m / max(1, n // (2 * len(keys)))))
-    keep = [np.array([0, m - 1])]
-    for y in keys:
-        y = np.asarray(y, dtype='float64'); pad = (-m) % size
-        blocks = np.concatenate([y, np.full(pad, np.nan)]).reshape(-1, size)
-        base = np.arange(blocks.shape[0]) * size
-        ok = ~np.isnan(blocks).all(1)
-        keep += [(base + np.nanargmin(np.where(np.isnan(blocks), np.inf, blocks), 1))[ok], (base + np.nanargmax(np.where(np.isnan(blocks), -np.inf, blocks), 1))[ok]]
-    return np.unique(np.concatenate(keep))
-
-def _x(t)->list:
-    "Bar times as plotly reads them (UTC, to the minute)."
-    return list(np.datetime_as_string(pd.DatetimeIndex(t).tz_convert(None).values, unit='m'))
-
-def _line(t, y, name:str, **kw)->dict: return {'type': 'scatter', 'mode': 'lines', 'x': _x(t), 'y': [None if v != v else float(v) for v in y], 'name': name, **kw}
-
-def figure(data:list, title:str, height:int=300, note:str='', **layout)->dict:
-    "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box."
-    return {'data': data, 'layout': {'title': {'text': title + (f"<br><sup>{note}</sup>" if note else ''), 'x': 0.01, 'xanchor': 'left', 'font': {'size': 14}},
-                                     'height': height, 'autosize': True, 'margin': {'l': 55, 'r': 15, 't': 60 if note else 40, 'b': 80},
-                                     'legend': {'orientation': 'h', 'yref': 'container', 'y': 0, 'yanchor': 'bottom', 'x': 0}, **layout}}
-
-def _drawn(k:np.ndarray, m:int)->str:
-    return '' if len(k) == m else f"{len(k):,} of {m:,} bars drawn (each stretch's high and low kept)"
-
-# %% ../nbs/13_dashboard.ipynb #b7ef9ce9
-COLORS = {'active': '#2e7d32', 'paused': '#ef6c00', 'halted': '#c62828', 'stale': '#6d4c41', 'empty': '#1565c0'}
-
-def banner(st:dict)->str:
-    "The top of the page: halted or stale first, then equity against buy-and-hold and the floor; the hooks the browser tests read."
-    s, p, led = st['status'], st.get('paper') or {}, st['ledger']
-    hooks = (hook('tbot-status', s, s.upper()) + ' · ' + hook('tbot-running', int(bool(st['running'])), f"trader {'running, pid ' + str(st['running']) if st['running'] else 'not running'}")
-             + ' · ledger version ' + hook('tbot-version', st['version']))
-    if s == 'empty':
-        body = (f"<b style='font-size:16px'>No paper trading to show yet.</b> {_e(st.get('why', ''))}.<br>Start a trader on this ledger and this page "
-                f"fills in by itself within seconds:<pre>{_e(START_HINT)} --ledger {_e(led)}   # replay stored candles, an hour a second\n"
-                f"tbot paper start --ledger {_e(led)}   # live candles through ccxt\nmake dashboard   # the offline demo: a replay trader and this page</pre>")
-        nums = ''.join(hook(i, None, '') for i in ('tbot-equity', 'tbot-buy-and-hold', 'tbot-floor', 'tbot-fills', 'tbot-last-bar', 'tbot-bars'))
-        return _box(COLORS['empty'], body + f"<small>{hooks}</small><span style='display:none'>{nums}</span>")
-    top = ''
-    if p.get('halted'):
-        top += _box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>{_e(p['halted']['text'].removeprefix('HALTED '))}</b><br>No new entries until a human resets the stop:"
-                    f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {_e(led)}</pre>")
-    if st['stale']:
-        why = 'the trader is not running' if not st['running'] else f"no heartbeat for {_ago(st['heartbeat_age'])}"
-        top += _box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} (last heartbeat {_ago(st['heartbeat_age'])} ago); "
-                    f"the figures are as of the last bar processed, {_e(p['last_bar'][:16])} UTC. Start it again: <code>tbot paper start ... --ledger {_e(led)}</code>")
-    if p.get('status') == 'paused': top += _box(COLORS['paused'], '<b>PAUSED</b>: the daily loss limit was hit; trading resumes at the next UTC day.')
-    bh = p.get('buy_and_hold')
-    line = (f"<b>{synthetic_label(st)}PAPER</b> {_e(', '.join(p['symbols']))} on {_e(p['source'])} · equity <b>{hook('tbot-equity', p['equity'], format(p['equity'], ',.2f'))}</b> "
-            f"({p['return']:+.2%}) against buy-and-hold {hook('tbot-buy-and-hold', bh, 'n/a' if bh is None else format(bh, ',.2f'))} and the floor "
-            f"{hook('tbot-floor', p['floor'], format(p['floor'], ',.2f'))} · {hook('tbot-fills', p['fills'])} fills, fees {p['fees_paid']:,.2f} · last bar "
-            f"{hook('tbot-last-bar', p['last_bar'], p['last_bar'][:16])} UTC ({hook('tbot-bars', p['bars'])} bars) · {_e(p['costs'])}")
-    return top + _box(COLORS[s], line + f"<br><small>{hooks} · read {st['read_at']:%H:%M:%S} UTC</small>")
-
-# %% ../nbs/13_dashboard.ipynb #2023541c
-def _frame(b:pd.DataFrame, col:str)->pd.DataFrame:
-    "A json column of the bars (one dict per bar) as a frame indexed by bar time."
-    return pd.DataFrame(list(b[col]), index=pd.DatetimeIndex(b.time))
-
-def regimes_table(st:dict)->str:
-    "Each market's regime now and how long it has been in it (market time)."
-    if st['status'] == 'empty': return html_table([], 'no bar yet')
-    g = _frame(st['record']['bars'], 'regimes'); rows = []
-    for s in g.columns:
-        x = g[s]; now = x.iloc[-1]
-        changed = x.ne(x.shift()).cumsum(); since = x.index[changed == changed.iloc[-1]][0]
-        rows.append({'market': s, 'regime': now or '-', 'since (UTC)': since, 'time in regime': _ago((x.index[-1] - since).total_seconds()),
-                     'regime changes': int(changed.iloc[-1] - 1)})
-    return html_table(rows, title=f"{synthetic_label(st)}Regimes now")
-
-def split_figure(st:dict)->dict:
-    "The capital split across bots over time (the last bar's is the split now)."
-    data, note = [], ''
-    if st['status'] != 'empty':
-        sp = _frame(st['record']['bars'], 'split'); k = display_index([sp[c].to_numpy() for c in sp.columns]); note = _drawn(k, len(sp))
-        data = [_line(sp.index[k], sp[bot].to_numpy()[k], f"{bot} {sp[bot].iloc[-1]:.0%}", stackgroup='split') for bot in sp.columns]
-    return figure(data, f"{synthetic_label(st)}Capital split across bots (share of equity)", 300, note, yaxis={'tickformat': '.0%'})
-
-def decisions_table(st:dict, n:int=15)->str:
-    "The agent's latest decisions with their reasons, newest first."
-    if st['status'] == 'empty': return html_table([], 'no decision yet')
-    d = st['record']['decisions'].tail(n).iloc[::-1]
-    return html_table([{'time': r.time, 'kind': r.kind, 'bot': r.bot, 'market': r.symbol, 'reason': r.reason} for r in d.itertuples()],
-                      'no decision yet', f'Latest {n} decisions')
-
-def scores_table(st:dict)->str:
-    "The candidate the agent chose per bot and market, with its score when chosen (the scores of the others are not recorded)."
-    if st['status'] == 'empty': return html_table([], 'no decision yet')
-    d = st['record']['decisions']; d = d[d.kind == 'strategy'].groupby(['bot', 'symbol']).tail(1)
-    return html_table([{'bot': r.bot, 'market': r.symbol, 'chosen': r.strategy, 'score': r.score, 'regime': r.regime, 'since': r.time} for r in d.itertuples()],
-                      'no strategy chosen yet', "Chosen candidates and their scores (the others' scores are not recorded)")
-
-# %% ../nbs/13_dashboard.ipynb #c5c4359d
-def pnl_by_symbol(st:dict)->pd.DataFrame:
-    "Each market's P&L per bar, exact: its value change plus its fills' cash flows and fees (the rows sum to the equity change)."
-    b, f, syms = st['record']['bars'], st['record']['fills'], st['config']['symbols']
-    t = pd.DatetimeIndex(b.time)
-    flows = (-(f.units * f.price) - f.fee).groupby([f.time, f.symbol]).sum().unstack().reindex(index=t, columns=syms).fillna(0.0)
-    units = f.pivot_table(index='time', columns='symbol', values='units', aggfunc='sum').reindex(index=t, columns=syms).fillna(0.0).cumsum()
-    value = units * _frame(b, 'prices').reindex(columns=syms).astype('float64').fillna(0.0)
-    out = value.diff().fillna(value) + flows
-    return out
-
-def attribution(st:dict)->dict:
-    "P&L by market and regime (exact), and by bot and strategy (approximate: each market's P&L shared by the bots' capital split)."
-    if 'attribution' in st: return st['attribution']
-    pnl = pnl_by_symbol(st); b = st['record']['bars']
-    reg = _frame(b, 'regimes').reindex(columns=pnl.columns)
-    by_regime = pd.concat([pd.DataFrame({'regime': reg[s].fillna('-'), 'pnl': pnl[s]}) for s in pnl.columns]).groupby('regime').pnl.sum()
-    split = _frame(b, 'split').shift().bfill(); strat = list(b.strategies.shift().bfill())   # the bar's P&L comes from the split before it
-    parts = [pd.DataFrame({'bot': bot, 'strategy': [d.get(bot, {}).get(s) or '-' for d in strat], 'pnl': split[bot].to_numpy() * pnl[s].to_numpy()})
-             for bot in split.columns for s in pnl.columns]
-    bs = pd.concat(parts, ignore_index=True)
-    st['attribution'] = {'symbol': pnl.sum(), 'regime': by_regime, 'bot': bs.groupby('bot').pnl.sum(), 'strategy': bs.groupby('strategy').pnl.sum()}
-    return st['attribution']
-
-# %% ../nbs/13_dashboard.ipynb #430ae8ef
-def bots_table(st:dict)->str:
-    "Each bot's strategy per market, capital, exposure and (approximate) P&L, and when it last switched and why."
-    if st['status'] == 'empty': return html_table([], 'no bar yet')
-    p, b = st['paper'], st['record']['bars']; d = st['record']['decisions']; d = d[d.kind == 'strategy']
-    pnl = attribution(st)['bot']; tg = b.targets.iloc[-1]; rows = []
-    for bot, share in b.split.iloc[-1].items():
-        for s, strat in b.strategies.iloc[-1].get(bot, {}).items():
-            last = d[(d.bot == bot) & (d.symbol == s)].tail(1)
-            rows.append({'bot': bot, 'market': s, 'strategy': strat or '-', 'capital share': f"{share:.0%}", 'bot capital': share * p['equity'],
-                         'market exposure (all bots)': f"{tg.get(s, 0):.0%}", 'bot P&L (approx.)': pnl.get(bot, 0.0),
-                         'last switch': last.time.iloc[0] if len(last) else '-', 'why': last.reason.iloc[0] if len(last) else '-'})
-    note = "<small>Bot capital: its split share of the equity. P&L per bot is approximate: each market's P&L shared by the capital split (the trader nets the bots into one order per market).</small>"
-    return html_table(rows, title=f'{synthetic_label(st)}Bots') + note
-
-# %% ../nbs/13_dashboard.ipynb #a451f497
-def positions_table(st:dict)->str:
-    "Open positions with entry (average cost), mark and unrealised P&L."
-    if st['status'] == 'empty': return html_table([], 'no position')
-    f, p = st['record']['fills'], st['paper']; rows = []
-    for s, u in p['units'].items():
-        if not u: continue
-        held, cost = 0.0, 0.0
-        for x in f[f.symbol == s].itertuples():
-            if held == 0 or np.sign(x.units) == np.sign(held): cost += x.units * x.price
-            else: cost *= (held + x.units) / held if abs(x.units) < abs(held) else 0.0
-            held += x.units
-            if abs(held) < 1e-12: held, cost = 0.0, 0.0
-        entry, mark = cost / u, p['prices'][s]
-        rows.append({'market': s, 'units': u, 'entry (avg)': entry, 'mark': mark, 'value': u * mark, 'unrealised P&L': u * (mark - entry), 'P&L %': f"{mark / entry - 1:+.2%}"})
-    return html_table(rows, f"no open position; cash {p['cash']:,.2f}", f'{synthetic_label(st)}Open positions (paper)') + f"<p>Cash {p['cash']:,.2f}</p>"
-
-def fills_table(st:dict, n:int=20)->str:
-    "The latest fills with their fees, newest first."
-    if st['status'] == 'empty': return html_table([], 'no fill yet')
-    f = st['record']['fills'].tail(n).iloc[::-1]
-    rows = [{'time': x.time, 'market': x.symbol, 'side': 'buy' if x.units > 0 else 'sell', 'units': abs(x.units), 'price': x.price, 'notional': abs(x.units * x.price),
-             'fee': x.fee, 'why': x.intent, 'decided at': x.decided} for x in f.itertuples()]
-    return html_table(rows, 'no fill yet', f"Latest fills ({st['paper']['fills']} in all, fees {st['paper']['fees_paid']:,.2f}; {st['paper']['costs']})")
-
-# %% ../nbs/13_dashboard.ipynb #54cfd00a
-ASSUMPTIONS = ("PAPER trading: no real order was sent. Fills follow the backtest's model: {fill} at the next bar's open, fees {fees:.3%} and "
-               "slippage {slippage:.3%} on every fill, Binance's amount steps and minimum order. Buy-and-hold: every market, equal weights, the same costs. "
-               "These are live (not research) results; past results promise nothing.")
-
-def performance_figure(st:dict)->dict:
-    "Equity against buy-and-hold and the 95% floor, and the drawdown below."
-    data, note, flat = [], 'fees and slippage included', {}
-    if st['status'] != 'empty':
-        b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy(); floor = np.array([r[1] for r in b.risk], dtype='float64')
-        dd = eq / np.maximum.accumulate(eq) - 1
-        k = display_index([eq, dd]); bh = st['buy_and_hold']
-        data = [_line(t[k], eq[k], 'paper equity', line={'color': '#1565c0'})]
-        if len(bh): kb = display_index([bh.to_numpy()]); data.append(_line(bh.index[kb], bh.to_numpy()[kb], 'buy-and-hold', line={'color': '#9e9e9e'}))
-        data += [_line(t[k], floor[k], 'floor (portfolio stop)', line={'color': '#c62828', 'dash': 'dash'}),
-                 _line(t[k], dd[k], 'drawdown', fill='tozeroy', line={'color': '#ef6c00'}, yaxis='y2')]
-        note += '; ' + _drawn(k, len(b)) if len(k) < len(b) else ''
-        if dd.min() > -1e-4: flat = {'range': [-0.01, 0.001]}   # no drawdown yet: a flat line at 0, not an axis of +-100%
-    return figure(data, f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor", 460, note,
-                  yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}, **flat}, xaxis={'anchor': 'y2'})
-
-def performance_table(st:dict)->str:
-    "Returns, fees, drawdown and attribution by market, regime, bot and strategy, with the assumptions."
-    if st['status'] == 'empty': return html_table([], 'no bar yet')
-    p, c, b = st['paper'], st['config'], st['record']['bars']; bh = p['buy_and_hold']; eq = b.equity.to_numpy()
-    head = [{'equity': p['equity'], 'return': f"{p['return']:+.2%}", 'buy-and-hold': bh, 'buy-and-hold return': 'n/a' if bh is None else f"{bh / p['init_cash'] - 1:+.2%}",
-             'max drawdown': f"{(eq / np.maximum.accumulate(eq) - 1).min():.2%}", 'fills': p['fills'], 'fees paid': p['fees_paid'], 'bars': p['bars'], 'since': p['since'][:16]}]
-    at = attribution(st)
-    parts = [html_table(head, title=f'{synthetic_label(st)}Performance')]
-    for k, what in (('symbol', 'market'), ('regime', 'regime'), ('bot', 'bot (approx.)'), ('strategy', 'strategy (approx.)')):
-        parts.append(f"<div>{html_table([{what: i, 'P&L': v} for i, v in at[k].items()], title=f'P&L by {what}')}</div>")
-    return parts[0] + f"<div class='tbot-row'>{''.join(parts[1:])}</div><p><small>{_e(ASSUMPTIONS.format(**c))}</small></p>"
-
-# %% ../nbs/13_dashboard.ipynb #3013b26c
-def risk_rows(st:dict)->list[dict]:
-    "Each limit: where the system is, the limit, and the room left."
-    p, c, b = st['paper'], st['config'], st['record']['bars']; s = b.risk.iloc[-1]; eq = p['equity']; r = c['settings']['risk']
-    val = {k: u * p['prices'][k] for k, u in p['units'].items()}
-    gross = sum(abs(v) for v in val.values()) / eq
-    rows = [{'limit': f"portfolio stop ({float(r['portfolio_stop']):.0%}): floor", 'now': eq, 'limit value': s[1], 'room': f"{eq / s[1] - 1:+.2%}" if s[1] else 'off'},
-            {'limit': f"daily loss limit ({s[5]:.0%}): today's floor", 'now': eq, 'limit value': s[3], 'room': f"{eq / s[3] - 1:+.2%}" if s[3] else 'off'},
-            {'limit': 'gross exposure', 'now': f"{gross:.0%}", 'limit value': f"{float(r['max_gross_exposure']):.0%}", 'room': f"{float(r['max_gross_exposure']) - gross:+.0%}"},
-            {'limit': 'risk budget (cushion cap)', 'now': f"{gross:.0%}", 'limit value': f"{s[9]:.0%}", 'room': f"{s[9] - gross:+.0%}"}]
-    rows += [{'limit': f'{k} exposure', 'now': f"{v / eq:.0%}", 'limit value': f"{float(r['max_exposure_per_symbol']):.0%}", 'room': f"{float(r['max_exposure_per_symbol']) - abs(v) / eq:+.0%}"} for k, v in val.items()]
-    rows += [{'limit': f'{k} capital share', 'now': f"{v:.0%}", 'limit value': f"{float(r['max_exposure_per_bot']):.0%}", 'room': f"{float(r['max_exposure_per_bot']) - v:+.0%}"} for k, v in b.split.iloc[-1].items()]
-    return rows
-
-def risk_panel(st:dict)->str:
-    "Halted or active first (with how to reset), then the distance to the stop and the daily limit, and exposure against each limit."
-    if st['status'] == 'empty': return html_table([], 'no bar yet: the stop starts at the first bar')
-    p, ev = st['paper'], st['record']['events']
-    state = p['status'].upper()
-    if p.get('halted'):
-        top = _box(COLORS['halted'], f"<b style='font-size:22px'>HALTED</b><br><b>{_e(p['halted']['text'])}</b><br>To reset it (a human decision, recorded with who and why):"
-                   f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {_e(st['ledger'])}</pre>")
-    else: top = _box(COLORS[p['status']], f"<b style='font-size:18px'>{state}</b>: the portfolio stop has not fired" + (' (paused for the day by the daily limit)' if p['status'] == 'paused' else ''))
-    risk_ev = ev[ev.kind.isin(['halted', 'paused', 'resumed', 'reset'])].tail(10).iloc[::-1]
-    return (top + html_table(risk_rows(st), title=f'{synthetic_label(st)}Limits') +
-            html_table([{'at': e.time if pd.notna(e.time) else e.at, 'event': e.kind, 'detail': e.detail} for e in risk_ev.itertuples()], 'no stop, pause or reset so far', 'Stop history'))
-
-# %% ../nbs/13_dashboard.ipynb #af1f3a6b
-def research_matrix(path:str|Path)->pd.DataFrame:
-    "The ledger's strategy x regime matrix (Sharpe) from research runs, read without writing (no migration, read-only connection)."
-    led = Ledger.__new__(Ledger)   # `Ledger(path)` would open it for writing and migrate it
-    led.path, led.con = Path(path), sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=5)
-    try: return led.regime_matrix()
-    except (sqlite3.Error, TbotError): return pd.DataFrame()
-    finally: led.con.close()
-
-def strategy_record(st:dict)->str:
-    "The ledger's strategy x regime matrix from research, and the paper record's: how often each strategy was chosen in each regime, its mean score."
-    m = research_matrix(st['ledger']) if Path(st['ledger']).is_file() else pd.DataFrame()
-    rows = [{'strategy': s, **{g: v for g, v in r.items()}} for s, r in m.iterrows()]
-    out = html_table(rows, "no research runs in this ledger (`tbot agent backtest` or `tbot backtest` records them; `tbot ledger matrix` prints them)",
-                     'Research: Sharpe per strategy (rows) and regime (columns), from the ledger')
-    if st['status'] == 'empty': return out
-    d = st['record']['decisions']; d = d[d.kind == 'strategy']
-    if len(d):
-        g = d.groupby(['strategy', 'regime']).score.agg(['count', 'mean']).reset_index()
-        cell = {(r.strategy, r.regime): f"{r.count}x, score {r.mean:.2f}" for r in g.itertuples()}
-        regs = sorted(d.regime.dropna().unique())
-        paper = [{'strategy': s, **{r: cell.get((s, r), '') for r in regs}} for s in sorted(d.strategy.dropna().unique())]
-    else: paper = []
-    return out + html_table(paper, 'no strategy chosen yet', f'{synthetic_label(st)}Paper: times chosen per strategy and regime, and the mean score when chosen')
-
-# %% ../nbs/13_dashboard.ipynb #a7f5b337
-_QUALITY = {}   # (file, mtime) -> quality report: the candles are read again only when their file changed
-
-def data_rows(st:dict)->list[dict]:
-    "Each series the trader uses: its last candle and age, gaps and quality."
-    c, now, rows = st['config'], st['read_at'], []
-    for sym, tf in c['keys']:
-        try:
-            df = load(sym, tf, c['exchange'])
-            key = (sym, tf, c['exchange'], len(df), str(df.index[-1]) if len(df) else '')
-            q = _QUALITY.get(key) or _QUALITY.setdefault(key, quality_report(df, tf))
-        except TbotError as e:
-            rows.append({'series': f'{sym} {tf}', 'problem': str(e)}); continue
-        last = pd.Timestamp(q['last'])
-        rows.append({'series': f"{c['exchange']} {sym} {tf}", 'last candle (UTC)': last, 'age': _ago((now - last - timeframe_delta(tf)).total_seconds()),
-                     'rows': q['rows'], 'gaps': q['gap_count'], 'missing bars': q['missing_bars'], 'duplicates': q['duplicates'],
-                     'bad bars': q['ohlc_violations'], 'zero volume': q['zero_volume'], 'synthetic': 'SYNTHETIC' if q['synthetic'] or c['exchange'] == 'synthetic' else 'no'})
-    return rows
-
-def data_panel(st:dict)->str:
-    "The Data tab: the series, and the feed's data events (gaps, late candles, stale feed, clock)."
-    if st['status'] == 'empty': return html_table([], 'no trader yet: `tbot data list` shows the store')
-    ev = st['record']['events']; ev = ev[ev.kind.isin(['gap', 'late', 'stale', 'clock', 'clock_skew', 'pause'])].tail(15).iloc[::-1]
-    note = '<p><small>Age: time since the last candle closed. A replay\'s candles are old by design.</small></p>' if st['config']['replay'] else ''
-    return (html_table(data_rows(st), title=f'{synthetic_label(st)}Candles the trader uses') + note +
-            html_table([{'at': e.at, 'kind': e.kind, 'detail': e.detail} for e in ev.itertuples()], 'no gap, late candle or feed problem recorded', 'Feed events'))
-
-# %% ../nbs/13_dashboard.ipynb #27ebc8c5
-def health_rows(st:dict)->list[dict]:
-    "The trader's heartbeat and lag, exchange errors, and the machine's CPU, memory and disk (psutil)."
-    import psutil
-    rows = [{'what': 'trader', 'value': f"running, pid {st['running']}" if st['running'] else 'NOT RUNNING'},
-            {'what': 'heartbeat age', 'value': _ago(st['heartbeat_age']) + (' (STALE)' if st['stale'] else '')}]
-    if st['status'] != 'empty':
-        p, b, ev = st['paper'], st['record']['bars'], st['record']['events']
-        done = pd.Timestamp(b.done.iloc[-1])
-        rows += [{'what': 'lag behind the market', 'value': 'replay (simulated clock)' if p['lag_seconds'] is None else _ago(p['lag_seconds'])},
-                 {'what': 'last bar committed', 'value': f"{done:%Y-%m-%d %H:%M:%S} UTC, {_ago((st['read_at'] - done).total_seconds())} ago"},
-                 {'what': 'bar latency p50 / p99', 'value': f"{p['lag_p50_ms']} / {p['lag_p99_ms']} ms (candle in hand to committed)"},
-                 {'what': 'exchange errors', 'value': f"{int((ev.kind == 'error').sum())} recorded" + ('' if p['lag_seconds'] is not None else ' (a replay calls no exchange)')}]
-    if st['running']:
-        try:
-            pr = psutil.Process(st['running'])
-            rows.append({'what': 'trader process', 'value': f"CPU {pr.cpu_percent(0.1):.0f}%, memory {pr.memory_info().rss / 2**20:.0f} MB"})
-        except psutil.Error: pass
-    vm, du = psutil.virtual_memory(), psutil.disk_usage(str(Path(st['ledger']).parent if Path(st['ledger']).parent.exists() else Path.cwd()))
-    rows += [{'what': 'machine CPU', 'value': f"{psutil.cpu_percent(None):.0f}% of {psutil.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"},
-             {'what': 'machine memory', 'value': f"{vm.percent:.0f}% used, {vm.available / 2**30:.1f} GB free"},
-             {'what': 'disk (ledger folder)', 'value': f"{du.percent:.0f}% used, {du.free / 2**30:.1f} GB free"}]
-    return rows
-
-def health_panel(st:dict)->str:
-    "The Health tab: the rows above and the latest warnings and errors."
-    out = html_table(health_rows(st), title='Health')
-    if st['status'] == 'empty': return out
-    ev = st['record']['events']; ev = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew', 'recovered'])].tail(15).iloc[::-1]
-    return out + html_table([{'at': e.at, 'kind': e.kind, 'detail': e.detail} for e in ev.itertuples()], 'no warning or error recorded', 'Warnings and errors')
-
-# %% ../nbs/13_dashboard.ipynb #3454529e
-_COMMIT = {}
-
-def _package()->Path: return Path(importlib.util.find_spec('tbot').origin).resolve().parent
-
-def git_commit()->str:
-    "The git commit of the checkout tbot runs from, or 'not a checkout'."
-    if 'c' not in _COMMIT:
-        root = _package().parent
-        try: _COMMIT['c'] = subprocess.run(['git', '-C', str(root), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, timeout=5).stdout.strip() or 'not a checkout'
-        except (OSError, subprocess.SubprocessError): _COMMIT['c'] = 'unknown'
-    return _COMMIT['c']
-
-def deployment_panel(st:dict)->str:
-    "The tbot version and commit, the settings hash, the uptime, and the trader's start and stop history."
-    rows = [{'what': 'tbot', 'value': f"{__version__} (commit {git_commit()})"}, {'what': 'ledger', 'value': st['ledger']}]
-    if st['status'] == 'empty': return html_table(rows, title='Deployment')
-    c, ev = st['config'], st['record']['events']
-    starts = ev[ev.kind == 'started']
-    up = _ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'
-    rows += [{'what': 'settings hash', 'value': hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12] + ' (the account configuration, stored at the first start)'},
-             {'what': 'uptime', 'value': up}, {'what': 'mode', 'value': f"{synthetic_label(st)}paper, {st['paper']['source']}"}]
-    hist = ev[ev.kind.isin(['started', 'stopped', 'finished', 'recovered', 'error', 'reset'])].tail(20).iloc[::-1]
-    return html_table(rows, title='Deployment') + html_table([{'at': e.at, 'event': e.kind, 'detail': e.detail} for e in hist.itertuples()], 'no start yet', 'Start and stop history')
-
 # %% ../nbs/13_dashboard.ipynb #1c9d0126
 TABS = [('Agent', ['regimes_table', 'split_figure', 'scores_table', 'decisions_table']), ('Bots', ['bots_table']),
         ('Positions', ['positions_table', 'fills_table']), ('Performance', ['performance_figure', 'performance_table']), ('Risk', ['risk_panel']),
@@ -543,10 +159,10 @@ TABS = [('Agent', ['regimes_table', 'split_figure', 'scores_table', 'decisions_t
 
 def panel(n:str, st:dict):
     "One panel from the state: HTML, or a figure (json); a panel that fails says so in one line instead."
-    try: return globals()[n](st)
+    try: return getattr(panels, n)(st)   # the panels live in `tbot.panels`
     except Exception as e:
         why = f"this panel could not be drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return figure([], why[:200]) if n.endswith('_figure') else _box(COLORS['paused'], _e(why))
+        return figure([], why[:200]) if n.endswith('_figure') else box(COLORS['paused'], esc(why))
 
 def draw_all(st:dict)->dict:
     "Every panel of the page from one state: name -> HTML or figure."
@@ -617,8 +233,8 @@ class Board:
             self.draws += 1
         elif self.state['stale']: self.top.value = banner({**self.state, 'heartbeat_age': pu['heartbeat_age']})   # the age it says goes on (sent only when it changed)
         self.draw_tab()   # nothing when the tab in view shows this state already
-        self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {_ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
-                           f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {_e(self.path)}: nothing on this page changes the trader</small>")
+        self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
+                           f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {esc(self.path)}: nothing on this page changes the trader</small>")
         return drew
 
     def draw_tab(self, i:int|None=None):
@@ -643,7 +259,7 @@ class Board:
 # %% ../nbs/13_dashboard.ipynb #ab9bf1a7
 def dashboard_notebook()->Path:
     "The voila page: shipped in the package as `tbot/pages/dashboard.ipynb`, in a checkout `nbs/dashboard.ipynb`."
-    pkg = _package()
+    pkg = package_dir()
     for p in (pkg / 'pages' / 'dashboard.ipynb', pkg.parent / 'nbs' / 'dashboard.ipynb'):
         if p.is_file(): return p
     raise TbotError(f"the dashboard notebook is missing ({pkg / 'pages' / 'dashboard.ipynb'}); reinstall tbot")
@@ -703,18 +319,21 @@ def cli_dashboard(argv:list[str], prog:str='tbot dashboard')->int:
     env = {**os.environ, LEDGER_ENV: str(ledger), 'TBOT_DATA_DIR': str(s.data_dir.absolute()), **({'TBOT_SETTINGS': str(s.path)} if s.path else {})}
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.set())
-    proc = subprocess.Popen(voila_command(nb, port, a.ip, token, cull, min(30, cull)), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: os.nice(NICE))   # voila and its kernels yield the CPU to the trader
+    log = s.data_dir.absolute() / 'dashboard.log'   # voila's and its kernels' own messages: a file, never the terminal
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, 'ab') as out:
+        proc = subprocess.Popen(voila_command(nb, port, a.ip, token, cull, min(30, cull)), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(NICE))   # voila and its kernels yield the CPU to the trader
     try:
-        if not _wait_listening(proc, a.ip, port): raise TbotError(f"voila did not start on {a.ip}:{port} (exit {proc.poll()})")
+        if not _wait_listening(proc, a.ip, port): raise TbotError(f"voila did not start on {a.ip}:{port} (exit {proc.poll()}; its log: {log})")
         host = f'[{a.ip}]' if ':' in a.ip else a.ip
         url = f"http://{host}:{port}/?token={token}"
-        print(f"tbot dashboard on {ledger} (read-only): {url}\nCtrl-C stops it", flush=True)
+        print(f"tbot dashboard on {ledger} (read-only): {url}\nCtrl-C stops it; voila's log: {log}", flush=True)
         if not a.no_browser:
             try: webbrowser.open(url)
             except Exception: pass
         while not stop.is_set() and proc.poll() is None: stop.wait(0.5)
-        if proc.poll() is not None and not stop.is_set(): raise TbotError(f"voila stopped by itself (exit {proc.returncode})")
+        if proc.poll() is not None and not stop.is_set(): raise TbotError(f"voila stopped by itself (exit {proc.returncode}; its log: {log})")
         return 0
     finally:
         if proc.poll() is None:

@@ -5,6 +5,7 @@ import hashlib, json, os, re, signal, socket, sqlite3, subprocess, time, urllib.
 from pathlib import Path
 import pandas as pd, pytest
 from conftest import TBOT, tbot, one_line_error
+from tbot import panels   # the panels the page draws (banner, attribution, risk, ...); the state and the page are tbot.dashboard's
 from tbot.data import Series, read_candle_file, write_series
 
 SYMS = ('BTC/USDT', 'ETH/USDT')
@@ -55,7 +56,7 @@ def test_state_equals_paper_status_and_every_panel_draws(replay, store, dash):
     st = dash.dashboard_state(replay)
     o = json.loads(tbot('paper', 'status', '--json', '--ledger', replay, env=env_for(store)).stdout)
     assert st['status'] == 'stale' and not st['running']            # the replay finished: no trader
-    h = hooks(dash.banner(st))
+    h = hooks(panels.banner(st))
     assert h['tbot-status'] == 'stale' and h['tbot-running'] == '0' and int(h['tbot-version']) == st['version'] > 0
     for k, key in (('tbot-equity', 'equity'), ('tbot-buy-and-hold', 'buy_and_hold'), ('tbot-floor', 'floor')): assert float(h[k]) == o[key], k
     assert int(h['tbot-fills']) == o['fills'] > 0 and int(h['tbot-bars']) == o['bars'] == 240 and h['tbot-last-bar'] == o['last_bar']
@@ -68,11 +69,11 @@ def test_state_equals_paper_status_and_every_panel_draws(replay, store, dash):
     assert f"<td style='padding:2px 8px'>{o['bars']}</td>" in out['performance_table']   # the Performance tab counts the banner's bars
     json.dumps(fig, allow_nan=False)                                 # plain json: what the browser gets
     assert 'slippage 0.050%' in out['performance_table'] and 'PAPER' in out['performance_table']     # the assumptions beside the figures
-    at = dash.attribution(st)                                        # by market: exact, sums to the equity change
+    at = panels.attribution(st)                                      # by market: exact, sums to the equity change
     assert at['symbol'].sum() == pytest.approx(o['equity'] - o['init_cash'], abs=1e-6) == at['regime'].sum()
     assert all(s in out['regimes_table'] for s in SYMS) and 'regime=' in out['decisions_table']
     assert 'binance BTC/USDT 1h' in out['data_panel'] and 'NOT RUNNING' in out['health_panel'] and 'settings hash' in out['deployment_panel']
-    assert 'ACTIVE' in out['risk_panel'] and 'HALTED' not in dash.banner(st)
+    assert 'ACTIVE' in out['risk_panel'] and 'HALTED' not in panels.banner(st)
 
 def test_empty_states_say_how_to_start(tmp_path, dash):
     for led in (tmp_path / 'none.sqlite', tmp_path / 'research.sqlite'):
@@ -81,7 +82,7 @@ def test_empty_states_say_how_to_start(tmp_path, dash):
             connect(led).close()                                     # a ledger with research tables but no paper account
         st = dash.dashboard_state(led)
         assert st['status'] == 'empty', st
-        b = dash.banner(st)
+        b = panels.banner(st)
         assert hooks(b)['tbot-status'] == 'empty' and f'tbot paper start --replay' in b and f'--ledger {led}' in b and 'make dashboard' in b
         assert not [n for n, v in dash.draw_all(st).items() if 'could not be drawn' in str(v)]
     assert not (tmp_path / 'none.sqlite').exists()
@@ -89,16 +90,16 @@ def test_empty_states_say_how_to_start(tmp_path, dash):
 def test_halted_is_first_and_says_how_to_reset(halted, dash):
     st = dash.dashboard_state(halted)
     assert st['status'] == 'halted'                                 # a halt outranks stale
-    b = dash.banner(st)
+    b = panels.banner(st)
     assert b.index('HALTED') < b.index('STALE') < b.index('tbot-equity')
     assert f'tbot paper reset-stop --by NAME --reason TEXT --ledger {halted}' in b and 'portfolio stop' in b
-    r = dash.risk_panel(st)
+    r = panels.risk_panel(st)
     assert r.index('HALTED') < r.index('Limits') and 'reset-stop' in r and "halted" in r
 
 def test_the_dashboard_never_writes_the_ledger(replay, halted, dash):
     before = snapshot(replay.parent)
     for led in (replay, halted):
-        st = dash.dashboard_state(led); dash.draw_all(st); dash.research_matrix(led); dash.pulse(led)
+        st = dash.dashboard_state(led); dash.draw_all(st); panels.research_matrix(led); dash.pulse(led)
         b = dash.Board(led); b.timer.tick += 1; b.tabs.selected_index = 3   # Performance: drawn when chosen, after a first tick
         fig = b.parts['performance_figure'].get_state()['outputs'][0]['data']['application/vnd.plotly.v1+json']
         assert len(fig['data']) == 4                                 # the traces reach the browser
@@ -119,7 +120,7 @@ def test_the_page_follows_a_running_trader(store, tmp_path, dash):
         p1 = dash.pulse(led)
         assert p1['running'] == proc.pid and not p1['stale'] and p1['heartbeat_age'] < 10
         st = dash.dashboard_state(led)
-        assert st['status'] == 'active' and hooks(dash.banner(st))['tbot-running'] == '1'
+        assert st['status'] == 'active' and hooks(panels.banner(st))['tbot-running'] == '1'
         seen = set()
         for _ in range(12):                                          # while the trader writes: one snapshot per read
             board.refresh(); s = board.state; h = hooks(board.top.value)
