@@ -13,6 +13,7 @@ import pandas as pd
 from .config import TbotError, settings
 from .console import ArgParser, emit
 from .data import stored_series, timeframe_delta
+from .deploy import deployments
 from .exchange import Exchange, connect
 from .ledger import ledger_path
 from .paper import account, read_ledger
@@ -256,7 +257,9 @@ def health_report(
     for c in checks: c['counted'] = only is None or c['check'] in only
     problems = [f"{c['check']}: {c['detail']}" for c in checks if c['counted'] and c['ok'] is False]
     problems.sort(key=lambda p: not p.startswith('stop:'))   # a halt is the first thing said
-    return {'healthy': not problems, 'problems': problems, 'checked': str(now), 'checks': checks, **parts}
+    try: deps = deployments(ledger)[-5:]   # the last starts: what runs, for a rollback
+    except TbotError: deps = []
+    return {'healthy': not problems, 'problems': problems, 'checked': str(now), 'checks': checks, **parts, 'deployments': deps}
 
 def health_text(r:dict)->str:
     "The report for a human: the verdict and problems first, then every check."
@@ -264,6 +267,9 @@ def health_text(r:dict)->str:
     mark = {True: 'ok  ', False: 'FAIL', None: '-   '}
     lines = [head, *(f"  {mark[c['ok']]} {c['check']:<9} {c['detail']}" + ('' if c['counted'] else ' (not counted)') for c in r['checks'])]
     m = r['system']
+    if r.get('deployments'):
+        d = r['deployments'][-1]
+        lines.append(f"  deployed {d['at'][:19]}: tbot {d['version']}, commit {(d['commit'] or 'unknown')[:12]}, image {d['image'] or '-'}, settings {(d['settings_hash'] or 'unknown')[:12]}")
     lines.append(f"  ledger {m['ledger_mb']:g} MB, store {m['store_mb']:g} MB" + (f", trader memory {m['trader_rss_mb']:g} MB" if m['trader_rss_mb'] else ''))
     return '\n'.join(lines)
 

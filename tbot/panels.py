@@ -6,21 +6,24 @@ Docs: https://tbot-dev.github.io/tbot/panels.html.md"""
 
 # %% ../nbs/13a_panels.ipynb #b9974bec
 from __future__ import annotations
-import hashlib, html, importlib.util, json, os, sqlite3, subprocess, time
+import html, importlib.util, json, os, sqlite3, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from . import __version__
 from .config import TbotError
 from .data import load, quality_report, timeframe_delta
+from .deploy import deployments, git_commit
+from .health import health_report
 from .ledger import Ledger
 from .trader import TraderLock
 
 # %% auto #0
-__all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'heartbeat', 'synthetic_label', 'esc', 'hook', 'html_table',
-           'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table', 'split_figure', 'decisions_table',
-           'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table', 'fills_table',
-           'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix', 'strategy_record',
-           'data_rows', 'data_panel', 'health_rows', 'health_panel', 'package_dir', 'git_commit', 'deployment_panel']
+__all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'HEALTH_EVERY', 'heartbeat', 'synthetic_label', 'esc', 'hook',
+           'html_table', 'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table', 'split_figure',
+           'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table',
+           'fills_table', 'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix',
+           'strategy_record', 'data_rows', 'data_panel', 'health_of', 'health_rows', 'health_panel', 'package_dir',
+           'deployment_panel']
 
 # %% ../nbs/13a_panels.ipynb #877094bf
 START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
@@ -354,59 +357,46 @@ def data_panel(st:dict)->str:
             html_table([{'at': e.at, 'kind': e.kind, 'detail': e.detail} for e in ev.itertuples()], 'no gap, late candle or feed problem recorded', 'Feed events'))
 
 # %% ../nbs/13a_panels.ipynb #27ebc8c5
+HEALTH_EVERY = 10.0   # seconds a health report is reused: it samples the CPU and may ping the exchange
+_HEALTH = {}          # ledger -> (monotonic time, report)
+
+def health_of(ledger:str|Path)->dict:
+    "`tbot.health.health_report` on the ledger (the one source: the same checks and `[health]` thresholds as `tbot health`), at most every `HEALTH_EVERY` s."
+    k = str(ledger); got = _HEALTH.get(k)
+    if got is None or time.monotonic() - got[0] > HEALTH_EVERY: _HEALTH[k] = got = (time.monotonic(), health_report(ledger))
+    return got[1]
+
 def health_rows(st:dict)->list[dict]:
-    "The trader's heartbeat and lag, exchange errors, and the machine's CPU, memory and disk (psutil)."
-    import psutil
-    rows = [{'what': 'trader', 'value': f"running, pid {st['running']}" if st['running'] else 'NOT RUNNING'},
-            {'what': 'heartbeat age', 'value': ago(st['heartbeat_age']) + (' (STALE)' if st['stale'] else '')}]
-    if st['status'] != 'empty':
-        p, b, ev = st['paper'], st['record']['bars'], st['record']['events']
-        done = pd.Timestamp(b.done.iloc[-1])
-        rows += [{'what': 'lag behind the market', 'value': 'replay (simulated clock)' if p['lag_seconds'] is None else ago(p['lag_seconds'])},
-                 {'what': 'last bar committed', 'value': f"{done:%Y-%m-%d %H:%M:%S} UTC, {ago((st['read_at'] - done).total_seconds())} ago"},
-                 {'what': 'bar latency p50 / p99', 'value': f"{p['lag_p50_ms']} / {p['lag_p99_ms']} ms (candle in hand to committed)"},
-                 {'what': 'exchange errors', 'value': f"{int((ev.kind == 'error').sum())} recorded" + ('' if p['lag_seconds'] is not None else ' (a replay calls no exchange)')}]
-    if st['running']:
-        try:
-            pr = psutil.Process(st['running'])
-            rows.append({'what': 'trader process', 'value': f"CPU {pr.cpu_percent(0.1):.0f}%, memory {pr.memory_info().rss / 2**20:.0f} MB"})
-        except psutil.Error: pass
-    vm, du = psutil.virtual_memory(), psutil.disk_usage(str(Path(st['ledger']).parent if Path(st['ledger']).parent.exists() else Path.cwd()))
-    rows += [{'what': 'machine CPU', 'value': f"{psutil.cpu_percent(None):.0f}% of {psutil.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"},
-             {'what': 'machine memory', 'value': f"{vm.percent:.0f}% used, {vm.available / 2**30:.1f} GB free"},
-             {'what': 'disk (ledger folder)', 'value': f"{du.percent:.0f}% used, {du.free / 2**30:.1f} GB free"}]
-    return rows
+    "Each check of the health report: ok, FAIL or not counted, and what it found."
+    mark = {True: 'ok', False: 'FAIL', None: '-'}
+    return [{'check': c['check'], 'state': mark[c['ok']], 'detail': c['detail']} for c in health_of(st['ledger'])['checks']]
 
 def health_panel(st:dict)->str:
-    "The Health tab: the rows above and the latest warnings and errors."
-    out = html_table(health_rows(st), title='Health')
+    "The Health tab: `tbot health`'s verdict (problems first, a halt first of all), its checks, the sizes, and the latest warnings and errors."
+    r = health_of(st['ledger']); m = r['system']
+    head = box(COLORS['active'], 'HEALTHY') if r['healthy'] else box(COLORS['halted'], 'UNHEALTHY: ' + esc('; '.join(r['problems'])))
+    sizes = [{'what': 'ledger / store', 'value': f"{m['ledger_mb']:g} MB / {m['store_mb']:g} MB"},
+             {'what': 'trader memory', 'value': f"{m['trader_rss_mb']:g} MB" if m['trader_rss_mb'] else 'no trader running'},
+             {'what': 'checked', 'value': f"{r['checked'][:19]} UTC (`tbot health --ledger {st['ledger']}` gives the same report)"}]
+    out = head + html_table(health_rows(st), title='Health') + html_table(sizes)
     if st['status'] == 'empty': return out
     ev = st['record']['events']; ev = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew', 'recovered'])].tail(15).iloc[::-1]
     return out + html_table([{'at': e.at, 'kind': e.kind, 'detail': e.detail} for e in ev.itertuples()], 'no warning or error recorded', 'Warnings and errors')
 
 # %% ../nbs/13a_panels.ipynb #3454529e
-_COMMIT = {}
-
 def package_dir()->Path:
     "The folder of the installed tbot package (in a checkout, `tbot/` beside `nbs/`)."
     return Path(importlib.util.find_spec('tbot').origin).resolve().parent
 
-def git_commit()->str:
-    "The git commit of the checkout tbot runs from, or 'not a checkout'."
-    if 'c' not in _COMMIT:
-        root = package_dir().parent
-        try: _COMMIT['c'] = subprocess.run(['git', '-C', str(root), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, timeout=5).stdout.strip() or 'not a checkout'
-        except (OSError, subprocess.SubprocessError): _COMMIT['c'] = 'unknown'
-    return _COMMIT['c']
-
 def deployment_panel(st:dict)->str:
-    "The tbot version and commit, the settings hash, the uptime, and the trader's start and stop history."
-    rows = [{'what': 'tbot', 'value': f"{__version__} (commit {git_commit()})"}, {'what': 'ledger', 'value': st['ledger']}]
-    if st['status'] == 'empty': return html_table(rows, title='Deployment')
-    c, ev = st['config'], st['record']['events']
-    starts = ev[ev.kind == 'started']
-    up = ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'
-    rows += [{'what': 'settings hash', 'value': hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12] + ' (the account configuration, stored at the first start)'},
-             {'what': 'uptime', 'value': up}, {'what': 'mode', 'value': f"{synthetic_label(st)}paper, {st['paper']['source']}"}]
-    hist = ev[ev.kind.isin(['started', 'stopped', 'finished', 'recovered', 'error', 'reset'])].tail(20).iloc[::-1]
-    return html_table(rows, title='Deployment') + html_table([{'at': e.at, 'event': e.kind, 'detail': e.detail} for e in hist.itertuples()], 'no start yet', 'Start and stop history')
+    "What runs (this page's tbot and commit), the uptime, and the deployment history: every trader start with its version, commit, image and settings hash (`tbot.deploy.deployments`)."
+    rows = [{'what': 'this page', 'value': f"tbot {__version__} (commit {git_commit()[:12]})"}, {'what': 'ledger', 'value': st['ledger']}]
+    if st['status'] == 'empty' and 'record' not in st: return html_table(rows, title='Deployment')
+    ev = st['record']['events']; starts = ev[ev.kind == 'started']
+    rows.append({'what': 'uptime', 'value': ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'})
+    try: hist = deployments(st['ledger'])
+    except TbotError: hist = []
+    table = [{'started': r['at'][:19], 'mode': r['mode'], 'tbot': r['version'], 'commit': (r['commit'] or 'unknown')[:12], 'image': r['image'] or '-',
+              'settings hash': (r['settings_hash'] or 'unknown')[:12], 'ended': 'running or killed' if r['ended'] is None else f"{r['ended']['kind']} {r['ended']['at'][:19]}",
+              'changed': ', '.join(r['changed'])} for r in hist[::-1][:30]]
+    return html_table(rows, title='Deployment') + html_table(table, 'no start yet', 'Deployment history (newest first; a rollback starts an earlier commit or image on this ledger)')

@@ -21,7 +21,8 @@ from .trader import Trader, TraderLock, account_config, book_from_fills, paper_s
 
 # %% auto #0
 __all__ = ['replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity', 'status', 'status_text',
-           'stop_trader', 'reset_stop', 'start', 'paper_parser', 'cli_paper']
+           'find_ledgers', 'status_all', 'status_all_text', 'stop_trader', 'reset_stop', 'start', 'paper_parser',
+           'cli_paper']
 
 # %% ../nbs/12b_paper.ipynb #386c000a
 def replay_range(
@@ -205,6 +206,59 @@ def status_text(o:dict)->str:
     if o['problems']: lines += ['recent problems:', *['  ' + p for p in o['problems']]]
     return '\n'.join(lines)
 
+# %% ../nbs/12b_paper.ipynb #49a3e197
+def _accounts(p:Path)->list[str]:
+    "The modes of the trading accounts a SQLite file holds; [] when it is not a trader's ledger (or not SQLite at all)."
+    try:
+        con = sqlite3.connect(f'file:{p}?mode=ro', uri=True, timeout=30)
+        try:
+            if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accounts'").fetchone(): return []
+            return [r[0] for r in con.execute('SELECT mode FROM accounts ORDER BY id')]
+        finally: con.close()
+    except sqlite3.DatabaseError: return []
+
+def find_ledgers(
+    data_dir:str|Path|None=None, # searched recursively; settings' data_dir when None
+    extra:list|None=None,        # more ledgers (`--ledger`): each must be a trader's
+)->list[Path]:                   # absolute paths, sorted, each once
+    "Every trader's ledger: each `*.sqlite` under the data folder with a trading account, plus `extra`."
+    for p in map(Path, extra or []):
+        if not _accounts(p): raise TbotError(f"--ledger {p}: no trader's ledger there (no trading account)")
+    root = Path(data_dir or settings().data_dir)
+    found = [p for p in (root.rglob('*.sqlite') if root.is_dir() else []) if p.is_file() and _accounts(p)]
+    return sorted({p.absolute() for p in [*found, *map(Path, extra or [])]})
+
+def status_all(
+    data_dir:str|Path|None=None, # searched recursively; settings' data_dir when None
+    extra:list|None=None,        # more ledgers
+)->list[dict]:                   # per ledger: ledger, modes, halted, running, symbols, timeframe, source, last_bar, equity, buy_and_hold, ...
+    "`status` of every trader found, halted ones first; a ledger that cannot be read says why instead."
+    out = []
+    for p in find_ledgers(data_dir, extra):
+        row = {'ledger': str(p), 'modes': _accounts(p)}
+        try:
+            o, con = status(p, n=0), read_ledger(p)
+            try: c = account(con)['config']
+            finally: con.close()
+            row.update({k: o.get(k) for k in ('halted', 'running', 'symbols', 'source', 'status', 'last_bar', 'bars', 'init_cash', 'equity', 'return', 'buy_and_hold', 'fills')},
+                       timeframe='bot timeframes' if c['bot_timeframes'] else c['timeframe'], mode='paper', error=None)
+        except TbotError as e: row.update(halted=None, running=TraderLock(p).holder(), mode='/'.join(row['modes']), error=str(e))
+        out.append(row)
+    return sorted(out, key=lambda r: (r.get('halted') is None, r['ledger']))
+
+def _one_line(r:dict)->str:
+    run = f"running (pid {r['running']})" if r['running'] else 'not running'
+    if r['error']: return f"{r['mode']}: {r['error']}; {run}; {r['ledger']}"
+    head = r['halted']['text'] + ' | ' if r['halted'] else ''
+    if r.get('last_bar') is None: return f"{head}{r['mode']} {','.join(r['symbols'])} {r['timeframe']} on {r['source']}: no bar yet; {run}; {r['ledger']}"
+    bh = 'n/a' if r['buy_and_hold'] is None else f"{r['buy_and_hold']:,.2f} ({r['buy_and_hold'] / r['init_cash'] - 1:+.2%})"
+    return (f"{head}{r['mode']} {','.join(r['symbols'])} {r['timeframe']} on {r['source']}: last bar {r['last_bar'][:16]}, {r['status']}; "
+            f"equity {r['equity']:,.2f} ({r['return']:+.2%}) vs buy-and-hold {bh}, {r['fills']} fills (PAPER, fees and slippage in); {run}; {r['ledger']}")
+
+def status_all_text(rows:list[dict])->str:
+    "`status_all` for a human: one line a trader, halted ones first."
+    return '\n'.join([f"{len(rows)} trader(s)" + (f", {sum(1 for r in rows if r.get('halted'))} HALTED" if any(r.get('halted') for r in rows) else ''), *map(_one_line, rows)]) if rows else 'no trader found (no ledger with a trading account under the data folder)'
+
 # %% ../nbs/12b_paper.ipynb #91f3e0b1
 def stop_trader(path:str|Path|None=None, wait:float=30.0)->str:
     "Ask the trader on a ledger to stop, and wait for it to let go of the ledger."
@@ -304,6 +358,7 @@ def paper_parser(prog:str='tbot paper')->ArgParser:
                  ('parity', 'compare the record with the backtest over the same candles; non-zero exit on any difference')):
         x = sub.add_parser(c, help=h)
         if c in ('status', 'parity'): x.add_argument('--json', action='store_true', help='print JSON')
+        if c == 'status': x.add_argument('--all', action='store_true', help='every trader: each ledger under the data folder (recursively), plus --ledger; one line each')
         if c == 'reset-stop': x.add_argument('--by', required=True, help='who resets it'); x.add_argument('--reason', required=True, help='why')
         if c == 'stop': x.add_argument('--wait', default='30', help='seconds to wait for the trader to let go of the ledger')
     for x in sub.choices.values(): x.add_argument('--ledger', help='the ledger (SQLite); <data_dir>/ledger.sqlite when omitted')
@@ -318,6 +373,7 @@ def _parity_text(o:dict)->str:
 def cli_paper(argv:list[str], prog:str='tbot paper')->int:
     "The `tbot paper` command."
     a = paper_parser(prog).parse_args(argv)
+    if a.cmd == 'status' and a.all: emit(status_all(extra=[a.ledger] if a.ledger else None), a.json, status_all_text); return 0
     if a.cmd == 'status': emit(status(a.ledger), a.json, status_text); return 0
     if a.cmd == 'parity':
         o = parity(a.ledger); emit(o, a.json, _parity_text); return 0 if o['ok'] else 1

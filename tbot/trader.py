@@ -14,6 +14,7 @@ from fastcore.basics import patch
 from . import __version__
 from .config import TbotError, costs, parse_time, settings
 from .data import timeframe_delta
+from .deploy import deploy_info
 from .agent import Policy, load_policy, decision_log, regime_codes
 from .ledger import connect, ledger_path, utc_text
 from .portfolio import common_range
@@ -337,7 +338,7 @@ def run(self:Trader, stop:threading.Event|None=None)->str:
     "Trade until the feed ends ('finished') or `stop` is set ('stopped'); errors are recorded, then raised."
     stop = stop or threading.Event()
     self.event('started', f"{self.config['mode']} trading {', '.join(self.symbols)}" + (f", replaying from {self.config['replay']['start']}" if self.config['replay'] else ' on live candles'),
-               time=self.last_bar, pid=os.getpid())
+               time=self.last_bar, pid=os.getpid(), **deploy_info())   # the deployment history (`tbot.deploy.deployments`)
     last_error = None
     try:
         while not stop.is_set():

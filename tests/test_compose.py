@@ -64,7 +64,12 @@ def test_services_volume_healthchecks_restart():
         assert s['restart'] == 'unless-stopped', name
         test = ' '.join(s['healthcheck']['test'])
         assert 'tbot health' in test and '--only' in test, name
-        assert s['image'] == '${TBOT_IMAGE:-tbot:latest}' and s['build'] == '.'
+        assert s['image'] == '${TBOT_IMAGE:-tbot:latest}' and s['build']['context'] == '.'
+        assert s['build']['args'] == {'TBOT_IMAGE': '${TBOT_IMAGE:-tbot:latest}', 'TBOT_COMMIT': '${TBOT_COMMIT:-unknown}'}   # the image knows what it is
+        assert s['environment']['TBOT_IMAGE'] == '${TBOT_IMAGE:-tbot:latest}'   # every start records the tag (deployment history)
+    assert SERVICES['trader2']['environment']['TBOT_SETTINGS'] == 'deploy/eth-5m.ini' and (ROOT / 'deploy' / 'eth-5m.ini').is_file()   # its own settings
+    docker = (ROOT / 'Dockerfile').read_text()
+    assert 'ARG TBOT_COMMIT' in docker and 'ARG TBOT_IMAGE' in docker
     assert all(p.startswith('127.0.0.1:') for p in SERVICES['dashboard']['ports'])   # the dashboard is for this machine only
     assert all('ports' not in s for n, s in SERVICES.items() if n != 'dashboard')
 
@@ -84,7 +89,7 @@ def test_interpolation():
     assert [interpolate(t, env) for t in ('${A}', '${B:-d}', '${E:-d}', '${E-d}', 'p ${B:-}')] == ['x', 'd', 'd', '', 'p ']
     assert argv(SERVICES['trader'], {'TBOT_TRADER_ARGS': '--replay 2022-05-01 --speed 60'}, Path('/s')) == \
         ['tbot', 'paper', 'start', '--replay', '2022-05-01', '--speed', '60']
-    assert argv(SERVICES['trader2'], {}, Path('/s'))[:5] == ['tbot', 'paper', 'start', '--ledger', '/s/data/ledger-second.sqlite']
+    assert argv(SERVICES['trader2'], {}, Path('/s'))[:5] == ['tbot', 'paper', 'start', '--ledger', '/s/data/eth-5m/ledger.sqlite']
 
 # --- the services, run -----------------------------------------------------------------------------------------------------------
 
@@ -127,7 +132,7 @@ def test_services_start_and_healthchecks(tmp_path, shared):
         for name, (p, svc) in procs.items():
             h = until_healthy(svc, envs[name], state, p, cwd=app if name == 'dashboard' else ROOT)
             if name.startswith('trader'): assert h.stdout.startswith('HEALTHY'), h.stdout
-        assert (state / 'data' / 'ledger.sqlite').is_file() and (state / 'data' / 'ledger-second.sqlite').is_file()
+        assert (state / 'data' / 'ledger.sqlite').is_file() and (state / 'data' / 'eth-5m' / 'ledger.sqlite').is_file()
         for _ in range(60):                                    # the watcher told the trader's start
             if any(g['title'] == 'tbot ledger: trader started' for g in hook.got): break
             time.sleep(1)

@@ -72,7 +72,7 @@ def test_state_equals_paper_status_and_every_panel_draws(replay, store, dash):
     at = panels.attribution(st)                                      # by market: exact, sums to the equity change
     assert at['symbol'].sum() == pytest.approx(o['equity'] - o['init_cash'], abs=1e-6) == at['regime'].sum()
     assert all(s in out['regimes_table'] for s in SYMS) and 'regime=' in out['decisions_table']
-    assert 'binance BTC/USDT 1h' in out['data_panel'] and 'NOT RUNNING' in out['health_panel'] and 'settings hash' in out['deployment_panel']
+    assert 'binance BTC/USDT 1h' in out['data_panel'] and 'UNHEALTHY: trader: not running' in out['health_panel'] and 'settings hash' in out['deployment_panel']
     assert 'ACTIVE' in out['risk_panel'] and 'HALTED' not in panels.banner(st)
 
 def test_empty_states_say_how_to_start(tmp_path, dash):
