@@ -15,13 +15,13 @@ from .console import ArgParser
 from .data import load, store_synthetic, timeframe_delta
 from .ledger import ledger_path
 from .panels import COLORS, ago, banner, box, esc, figure, heartbeat, hook, package_dir
-from .paper import account, backtest_candles, read_ledger
+from .paper import account, backtest_candles, find_ledgers, read_ledger
 from .portfolio import policy_for
 from .trader import book_from_fills
 
 # %% auto #0
-__all__ = ['LEDGER_ENV', 'STALE_AFTER', 'VERSION_SQL', 'JSON_COLS', 'TABS', 'CSS', 'FIGURE_GAP', 'POOL_FILL_DELAY', 'NICE',
-           'ledger_version', 'pulse', 'read_record', 'paper_status', 'dashboard_state', 'panel', 'draw_all',
+__all__ = ['LEDGER_ENV', 'STALE_AFTER', 'VERSION_SQL', 'JSON_COLS', 'TABS', 'CSS', 'RESCAN', 'FIGURE_GAP', 'POOL_FILL_DELAY',
+           'NICE', 'ledger_version', 'pulse', 'read_record', 'paper_status', 'dashboard_state', 'panel', 'draw_all',
            'timer_widget', 'Board', 'dashboard_notebook', 'voila_command', 'check_address', 'dashboard_parser',
            'cli_dashboard', 'demo_plan']
 
@@ -196,6 +196,7 @@ CSS = """<style>
 .tbot-row > div { min-width: 0; max-width: 100%; }
 </style>"""
 
+RESCAN = 30.0      # seconds between two looks for traders' ledgers (the dropdown)
 FIGURE_GAP = 5.0   # seconds between two redraws of one figure: plotly redrawing in the browser is the page's dearest work
 
 def _mime(fig:dict)->tuple:
@@ -210,16 +211,44 @@ class Board:
         self.path = Path(ledger or os.environ.get(LEDGER_ENV) or ledger_path())
         self.stale_after, self.state, self.key, self.drawn, self.draws, self.figs, self.fig_at, self.alive = stale_after, None, None, {}, 0, {}, {}, False
         self.top, self.foot = W.HTML(), W.HTML()
+        self.pick, self.scanned = W.Dropdown(description='trader', layout=W.Layout(width='auto')), 0.0
+        self.scanning = False
+        self.rescan(); self.pick.observe(lambda ch: None if self.scanning or ch['new'] is None else self.switch(ch['new']), 'value')
         self.parts = {n: W.Output() if n.endswith('_figure') else W.HTML() for _, ns in TABS for n in ns}
         self.tabs = W.Tab(children=[W.VBox([self.parts[n] for n in ns]) for _, ns in TABS], titles=[t for t, _ in TABS], selected_index=0)
         self.tabs.observe(lambda ch: self.draw_tab(), 'selected_index')
         self.timer.observe(lambda ch: self.refresh(), 'tick')
-        self.box = W.VBox([W.HTML(CSS), self.top, self.tabs, self.foot, self.timer], layout=W.Layout(max_width='1400px'))
+        self.box = W.VBox([W.HTML(CSS), self.pick, self.top, self.tabs, self.foot, self.timer], layout=W.Layout(max_width='1400px'))
         self.box.add_class('tbot-page')
         self.refresh()
 
+    def rescan(self):
+        "The traders' ledgers for the dropdown (labels relative to the data folder), the page's own always among them."
+        root = settings().data_dir.absolute()
+        try: found = find_ledgers(root)
+        except TbotError: found = []
+        paths = sorted({*found, self.path.absolute()})
+        label = lambda p: str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+        opts = tuple((label(p), str(p)) for p in paths)
+        if opts != tuple(self.pick.options):
+            self.scanning = True   # new options select the first one for a moment: not a switch
+            try: self.pick.options, self.pick.value = opts, str(self.path.absolute())
+            finally: self.scanning = False
+        self.scanned = time.monotonic()
+
+    def switch(self, path):
+        "Show another trader: forget everything read from the previous ledger and read this one from scratch."
+        path = Path(path)
+        if path.absolute() == self.path.absolute(): return
+        self.path, self.state, self.key, self.drawn, self.figs, self.fig_at = path, None, None, {}, {}, {}
+        for n, w in self.parts.items():
+            if n.endswith('_figure'): w.outputs = ()
+            else: w.value = ''
+        self.refresh(force=True)
+
     def refresh(self, force:bool=False)->bool:
         "On each tick: the pulse; when the ledger version, the trader's running or its staleness changed, read what is new and draw."
+        if time.monotonic() - self.scanned > RESCAN: self.rescan()
         first = bool(self.timer.tick) and not self.alive   # the first tick: the figures can come now
         self.alive = self.alive or first
         pu = pulse(self.path, self.stale_after)

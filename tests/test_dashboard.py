@@ -105,6 +105,23 @@ def test_the_dashboard_never_writes_the_ledger(replay, halted, dash):
         assert len(fig['data']) == 4                                 # the traces reach the browser
     assert snapshot(replay.parent) == before
 
+def test_the_page_switches_between_traders(replay, halted, dash):
+    "The dropdown lists every trader's ledger under the data folder; choosing one reads it from scratch, and back."
+    b = dash.Board(replay)
+    labels = dict(b.pick.options)
+    assert labels['ledger.sqlite'] == str(replay.absolute()) and labels['halted.sqlite'] == str(halted.absolute()) and b.pick.value == str(replay.absolute())
+    b.timer.tick += 1
+    b.pick.value = str(halted.absolute())
+    full = dash.dashboard_state(halted)
+    h = hooks(b.top.value)
+    assert b.path == halted.absolute() and b.state['ledger'] == str(halted.absolute()) and h['tbot-status'] == 'halted'
+    assert int(h['tbot-bars']) == full['paper']['bars'] and float(h['tbot-equity']) == full['paper']['equity']
+    for k in ('bars', 'fills', 'events'): pd.testing.assert_frame_equal(b.state['record'][k], full['record'][k])   # nothing of the first trader kept
+    assert 'HALTED' in b.top.value and b.drawn == {0: b.key}
+    b.pick.value = str(replay.absolute())
+    h = hooks(b.top.value)
+    assert h['tbot-status'] == 'stale' and int(h['tbot-bars']) == 240 and 'HALTED' not in b.top.value
+
 def test_the_page_follows_a_running_trader(store, tmp_path, dash):
     d = tmp_path / 'data'; d.mkdir()
     for p in (store / 'binance').rglob('*'):
