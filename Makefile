@@ -2,7 +2,8 @@
 #   make run   - create .venv, install tbot with pinned dependencies, run the main job
 #   make test  - create or update .venv, then: nbdev-clean + nbdev-export (must change nothing),
 #                nbdev-test (the notebooks' lesson cells), pytest tests/ (installing Debian's chromium with apt
-#                first when /usr/bin/chromium is missing: the dashboard's browser tests drive it)
+#                first when /usr/bin/chromium is missing: the dashboard's browser tests drive it), with the soak test
+#                (tests/test_soak.py, >= 20 min, mostly waiting) run beside all of it in the background
 #   make lab   - create or update .venv, then start JupyterLab on the notebooks (nbs/); options through LAB_ARGS
 PYTHON ?= python3
 VENV   := .venv
@@ -15,6 +16,10 @@ STAMP  := $(VENV)/.installed
 # (module and session fixtures are made once), in the order tests/conftest.py gives: the longest files first.
 TEST_WORKERS ?= 2
 XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# The soak test (tests/test_soak.py: a replay trader, the scheduler and the dashboard's kernel for >= 20 minutes of wall time)
+# mostly waits, so it does not take an xdist worker: `make test` starts it in the background before everything else and checks
+# its result at the end. It uses about a tenth of one core (see the README's figures).
+SOAK_LOG ?= reports/soak-test.log
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,8 +66,14 @@ test: install
 	if [ "$$before" != "$$after" ]; then \
 	  echo "nbdev-clean/nbdev-export changed files: notebooks and tbot/ are out of sync. Commit the result:"; \
 	  git status --short nbs tbot; exit 1; fi
-	$(BIN)/nbdev-test --n-workers $(TEST_WORKERS) --flags slow
-	$(BIN)/python -m pytest tests/ $(XDIST)
+	@set -e; mkdir -p reports; \
+	echo "soak test (tests/test_soak.py, >= 20 min, mostly waiting) started in the background; its log: $(SOAK_LOG)"; \
+	$(BIN)/python -m pytest tests/test_soak.py -q -s -p no:cacheprovider > $(SOAK_LOG) 2>&1 & soak=$$!; \
+	trap 'kill -TERM $$soak 2>/dev/null' INT TERM; \
+	st=0; { $(BIN)/nbdev-test --n-workers $(TEST_WORKERS) --flags slow && \
+	        $(BIN)/python -m pytest tests/ $(XDIST) --ignore=tests/test_soak.py; } || st=$$?; \
+	echo "waiting for the soak test to finish ($(SOAK_LOG))"; \
+	if wait $$soak; then tail -n 3 $(SOAK_LOG); else echo "SOAK TEST FAILED:"; tail -n 40 $(SOAK_LOG); st=1; fi; exit $$st
 
 # The same without the slow notebook cells and tests, for quick iterations.
 test-fast: install

@@ -69,13 +69,14 @@ class ReplayFeed:
                  data_dir=None,               # the store; settings' data_dir when None
                  monotonic=time.monotonic,    # the wall clock (tests)
                  sleep=None,                  # sleep(seconds) in place of waiting on the stop event (tests)
+                 tick:float=0.0,              # the least wall seconds between two looks: the bars closed meanwhile come as one batch; 0 = each bar
                 ):
         self.keys, self.done, self.complete, self.events = check_keys(keys), False, None, []
         self.start = parse_time(start, 'replay start')
         self.end = None if end is None else parse_time(end, 'replay end', end_of_day=True)
         if self.end is not None and self.end < self.start:
             raise TbotError(f"replay: the end {self.end:%Y-%m-%d %H:%M} is before the start {self.start:%Y-%m-%d %H:%M}")
-        self.speed = check_number(speed, 'replay speed', lo=0)
+        self.speed, self.tick = check_number(speed, 'replay speed', lo=0), check_number(tick, 'replay tick', lo=0)
         self.exchange = exchange or settings().get('exchange', 'id')
         self.frames = {k: load(*k, self.exchange, data_dir=data_dir) for k in self.keys}   # one line naming a series not stored
         self.last = min(self._period_end(k) for k in self.keys)   # the close of the period's last bar that every series has
@@ -143,7 +144,7 @@ def wait(self:ReplayFeed, stop:threading.Event):
     "Sleep until the next bar closes at `speed` (not at all at speed 0, or when done); return early when `stop` is set."
     if not self.speed or self.done or stop.is_set(): return
     target = min(self.last, (self.complete if self.complete is not None else grid_floor(self.origin, self.finest)) + self.step)
-    secs = (target - self.now()).total_seconds() / self.speed
+    secs = max((target - self.now()).total_seconds() / self.speed, self.tick)   # a tick: several bars a look, as a live trader catching up
     if secs > 0: self.sleep(secs) if self.sleep else stop.wait(secs)
 
 @patch

@@ -308,6 +308,7 @@ def start(
     timeframe:str='1h',          # bar size when every bot runs on it
     bot_timeframes:bool=False,   # each bot on its own timeframe
     stop:threading.Event|None=None, # set it to stop between bars
+    tick:float=0.0,              # replay: the least wall seconds between two looks (the bars closed meanwhile come as one batch)
 )->tuple[str, Trader]:           # how it ended ('finished' or 'stopped') and the trader
     "Check everything, then trade on paper in the foreground until the replay ends or `stop` is set."
     ps = paper_settings()
@@ -321,9 +322,9 @@ def start(
     exchange = settings().get('exchange', 'id')
     step = timeframe_delta(min((k[1] for k in keys), key=timeframe_delta))
     if rng:
-        feed = ReplayFeed(keys, rng[0], rng[1], speed, exchange=exchange)   # the markets and the range, checked before the ledger is read
+        feed = ReplayFeed(keys, rng[0], rng[1], speed, exchange=exchange, tick=tick)   # the markets and the range, checked before the ledger is read
         prev = last_bar(path)
-        if prev is not None: feed = ReplayFeed(keys, rng[0], rng[1], speed, resume=prev + step, exchange=exchange)
+        if prev is not None: feed = ReplayFeed(keys, rng[0], rng[1], speed, resume=prev + step, exchange=exchange, tick=tick)
         begin, rep = rng[0], {'start': utc_text(rng[0]), 'end': utc_text(rng[1])}
     else:
         feed, rep, prev = _live_feed(keys, ps, exchange), None, None
@@ -339,6 +340,9 @@ def start(
         except TbotError as e: raise TbotError(f"--replay {rng[0]:%Y-%m-%d %H:%M}: too little stored history before it for the agent ({e})") from None
     trader = Trader(feed, cfg, path, pol).open()
     try: return trader.run(stop), trader
+    except sqlite3.OperationalError as e:   # a full disk, a file made read-only: the bar in hand rolled back whole, as every write
+        raise TbotError(f"ledger {path}: {e}: the bar in hand was not written; the last committed bar is {trader.last_bar if trader.last_bar is not None else 'none'} "
+                        "(free the space, then start again: it resumes there)") from None
     finally: trader.close()
 
 # %% ../nbs/12b_paper.ipynb #631b48c6
@@ -349,6 +353,7 @@ def paper_parser(prog:str='tbot paper')->ArgParser:
     st = sub.add_parser('start', help='trade on paper in the foreground (Ctrl-C or SIGTERM stops it cleanly)')
     st.add_argument('--replay', metavar='START[:END]', help='replay stored candles of this period (UTC) instead of live candles through ccxt')
     st.add_argument('--speed', default='0', help='replay speed in market seconds per second (3600: an hour a second); 0 = as fast as it goes')
+    st.add_argument('--tick', default='0', help='replay: the least wall seconds between two looks; the bars closed meanwhile come as one batch (a long replay that mostly waits)')
     st.add_argument('--symbols', help="comma-separated; the bots' symbols from settings.ini when omitted")
     st.add_argument('--timeframe', default='1h', help='bar size of the candles (every bot runs on it)')
     st.add_argument('--bot-timeframes', action='store_true', help='run each bot on its own timeframe ([bots] NAME_timeframe)')
@@ -381,7 +386,7 @@ def cli_paper(argv:list[str], prog:str='tbot paper')->int:
     if a.cmd == 'reset-stop': print(reset_stop(a.ledger, a.by, a.reason)); return 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.set())
-    how, trader = start(a.ledger, a.replay, a.speed, a.symbols.split(',') if a.symbols else None, a.timeframe, a.bot_timeframes, stop)
+    how, trader = start(a.ledger, a.replay, a.speed, a.symbols.split(',') if a.symbols else None, a.timeframe, a.bot_timeframes, stop, check_number(a.tick, '--tick', lo=0))
     print(status_text(status(trader.ledger)))   # a halt is its first line
     print('the replay reached its end' if how == 'finished' else 'stopped on request; every bar processed is committed')
     return 0
