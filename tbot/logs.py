@@ -14,7 +14,7 @@ from .console import ArgParser
 from .params import secret_fragments, secret_values
 
 # %% auto #0
-__all__ = ['redact', 'JsonLines', 'log_file', 'get_logger', 'follow', 'log_text', 'cli_logs']
+__all__ = ['redact', 'JsonLines', 'QuietFile', 'log_file', 'get_logger', 'follow', 'log_text', 'cli_logs']
 
 # %% ../nbs/14b_logs.ipynb #1d9550bb
 def redact(
@@ -44,6 +44,10 @@ class JsonLines(logging.Formatter):
         return json.dumps(d, default=str)
 
 # %% ../nbs/14b_logs.ipynb #a041765d
+class QuietFile(logging.handlers.RotatingFileHandler):
+    "A rotated log file whose failures (a full disk, a removed folder) drop the line, silently: a log never stops or clutters its caller."
+    def handleError(self, record): pass
+
 def log_file(reports_dir=None)->Path:
     "Where tbot's JSON log lives: `<reports_dir>/logs/tbot.jsonl`."
     return Path(reports_dir or settings().reports_dir)/'logs'/'tbot.jsonl'
@@ -59,8 +63,9 @@ def get_logger(
     path = Path(path or log_file())
     root = logging.getLogger('tbot')
     if not any(getattr(h, 'baseFilename', None) == str(path.resolve()) for h in root.handlers):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        h = logging.handlers.RotatingFileHandler(path, maxBytes=int(max_mb * 2**20), backupCount=backups, encoding='utf-8')
+        try: path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError: pass   # the first line is dropped then, not the caller
+        h = QuietFile(path, maxBytes=int(max_mb * 2**20), backupCount=backups, encoding='utf-8', delay=True)
         h.setFormatter(JsonLines(secrets)); root.addHandler(h)
     root.setLevel(logging.INFO); root.propagate = False
     return logging.getLogger(name)

@@ -15,6 +15,7 @@ from .data import timeframe_delta
 from .exchange import Exchange, ExchangeFailed, connect as exchange_connect
 from .feed import LiveFeed, ReplayFeed
 from .ledger import ledger_path, utc_text
+from .logs import get_logger
 from .portfolio import backtest_agent, benchmark, common_range, load_bot_data, load_data, policy_for
 from .timeframes import cut, plan
 from .trader import Trader, TraderLock, account_config, book_from_fills, paper_settings, trading_keys
@@ -338,7 +339,10 @@ def start(
     if prev is None and rng:   # too little history before the start is refused before anything is written
         try: plan(backtest_candles(cfg, rng[0]), pol, cfg['detector'], cfg['fees'])
         except TbotError as e: raise TbotError(f"--replay {rng[0]:%Y-%m-%d %H:%M}: too little stored history before it for the agent ({e})") from None
-    trader = Trader(feed, cfg, path, pol).open()
+    log = get_logger('tbot.trader')   # each committed bar in tbot's JSON log too; a stop or pause as a warning
+    on_bar = lambda r: log.log(20 if r['status'] == 'active' else 30, f"bar {r['time']:%Y-%m-%d %H:%M} {r['status']}: equity {r['equity']:.2f}, {r['fills']} fill(s)",
+                               extra={'ledger': str(path), 'bar': str(r['time']), 'equity': r['equity'], 'status': r['status'], 'fills': r['fills']})
+    trader = Trader(feed, cfg, path, pol, on_bar=on_bar).open()
     try: return trader.run(stop), trader
     except sqlite3.OperationalError as e:   # a full disk, a file made read-only: the bar in hand rolled back whole, as every write
         raise TbotError(f"ledger {path}: {e}: the bar in hand was not written; the last committed bar is {trader.last_bar if trader.last_bar is not None else 'none'} "

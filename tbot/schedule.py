@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from .config import TbotError, atomic_write, settings
 from .console import ArgParser, emit, parse_value, table
+from .logs import get_logger, log_file
 from .params import check_params, check_run_values, find_run_notebook, notebook_parameters, secret_values, set_param, withhold
 from .reports import Terminated, on_sigterm, run_report
 
@@ -129,6 +130,8 @@ def log_run(entry:dict, reports_dir=None):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try: os.write(fd, line)
         finally: os.close(fd)
+    get_logger('tbot.schedule', log_file(reports_dir)).log(20 if entry.get('status') in ('ok', 'started') else 30, f"{entry.get('job')} {entry.get('status')}",
+                                                          extra={'run': entry})   # also in tbot's JSON log (`tbot logs`)
 
 def read_log(reports_dir=None)->list[dict]:
     "Every logged run, oldest first."

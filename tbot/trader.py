@@ -15,6 +15,7 @@ from . import __version__
 from .config import TbotError, costs, parse_time, settings
 from .data import timeframe_delta
 from .deploy import deploy_info
+from .logs import get_logger
 from .agent import Policy, load_policy, decision_log, regime_codes
 from .ledger import connect, ledger_path, utc_text
 from .portfolio import common_range
@@ -219,9 +220,11 @@ def plan_data(self:Trader, hist:dict)->dict:
 
 @patch
 def event(self:Trader, kind:str, detail:str='', time=None, **data):
-    "Record one event in its own transaction."
+    "Record one event in its own transaction, and in tbot's JSON log (`tbot logs`)."
     self.con.execute('INSERT INTO events (account, at, time, kind, detail, data) VALUES (?, ?, ?, ?, ?, ?)',
                      (self.account, utc_text(pd.Timestamp.now(tz='UTC')), utc_text(time), kind, detail, json.dumps(data, default=str)))
+    get_logger('tbot.trader').log(30 if kind in ('error', 'gap', 'late', 'pause', 'stale', 'clock_skew') else 20, f"{kind}: {detail}",
+                                  extra={'ledger': str(self.ledger), 'event': kind, 'bar': utc_text(time), 'data': data})
 
 # %% ../nbs/12_trader.ipynb #6bc9f9b3
 def _js(x)->str: return json.dumps(x, separators=(',', ':'))

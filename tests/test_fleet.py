@@ -74,3 +74,27 @@ def test_status_all_refuses_a_ledger_that_is_not_a_traders(fleet, tmp_path):
     assert not (tmp_path / 'missing.sqlite').exists()
     empty = tmp_path / 'empty'
     assert tbot('paper', 'status', '--all', env={**fleet['env'], 'TBOT_DATA_DIR': str(empty)}).stdout.startswith('no trader found')
+
+def test_traders_and_scheduler_write_tbot_logs(fleet, tmp_path):
+    "The traders' events and bars and the scheduler's runs are JSON lines in <reports>/logs/tbot.jsonl (`tbot logs`), secrets redacted."
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    log = Path(fleet['env']['TBOT_REPORTS_DIR']) / 'logs' / 'tbot.jsonl'
+    lines = [json.loads(l) for l in log.read_text().splitlines()]
+    trader = [l for l in lines if l['logger'] == 'tbot.trader']
+    for led in (fleet['first'], fleet['second'], fleet['outside']):
+        mine = [l for l in trader if l.get('ledger') == str(led)]
+        assert [l['event'] for l in mine if 'event' in l][:1] == ['started'] and any(l['msg'].startswith('bar ') for l in mine), led
+        assert mine[0]['data']['commit'] and mine[0]['data']['settings_hash']       # the deployment, as recorded
+    assert any(l['level'] == 'WARNING' and 'halted' in l['msg'] for l in trader if l.get('ledger') == str(fleet['first']))
+    nb = tmp_path / 'tiny.ipynb'
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1\noutput_dir = ''", metadata={'tags': ['parameters']}),
+                                       new_code_cell("from tbot import runkit\nrunkit.record(output_dir, title='tiny', metrics={'headline': {'x': x}})")],
+                                metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}), str(nb))
+    ini = tmp_path / 'settings.ini'; ini.write_text(f"[schedule]\ntiny = every 1d | {nb} | x=2\n")
+    env = {**fleet['env'], 'TBOT_SETTINGS': str(ini), 'TBOT_BINANCE_API_SECRET': 'sekret-4f8a2b9c7d1e'}
+    tbot('schedule', '--once', 'tiny', env=env, cwd=ROOT)
+    sched = [json.loads(l) for l in log.read_text().splitlines() if '"tbot.schedule"' in l]
+    assert [l['msg'] for l in sched][-1] == 'tiny ok' and sched[-1]['run']['status'] == 'ok'
+    shown = tbot('logs', '-n', '3', env=env).stdout
+    assert 'tiny ok' in shown and 'sekret-4f8a' not in log.read_text()
