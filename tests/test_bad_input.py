@@ -148,6 +148,8 @@ def _cases()->list[Case]:
     add('paper-start-speed-negative', 'paper', 'start', '--replay', '2022-05-01:2022-05-02', '--speed', '-1')
     add('paper-start-store-is-a-file', 'paper', 'start', '--replay', '2022-05-01', env={'TBOT_DATA_DIR': '/etc/passwd'})
     add('paper-status-missing-ledger', 'paper', 'status', '--ledger', '/nonexistent/l.sqlite')
+    add('paper-start-tick-negative', 'paper', 'start', '--replay', '2022-05-01:2022-05-02', '--speed', '3600', '--tick', '-1')
+    add('paper-status-all-missing-ledger', 'paper', 'status', '--all', '--ledger', '/nonexistent/l.sqlite')
     add('paper-parity-missing-ledger', 'paper', 'parity', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-missing-ledger', 'paper', 'reset-stop', '--by', 'alice', '--reason', 'x', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-without-by', 'paper', 'reset-stop', '--reason', 'x')

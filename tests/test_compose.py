@@ -133,6 +133,9 @@ def test_services_start_and_healthchecks(tmp_path, shared):
             h = until_healthy(svc, envs[name], state, p, cwd=app if name == 'dashboard' else ROOT)
             if name.startswith('trader'): assert h.stdout.startswith('HEALTHY'), h.stdout
         assert (state / 'data' / 'ledger.sqlite').is_file() and (state / 'data' / 'eth-5m' / 'ledger.sqlite').is_file()
+        fleet = json.loads(subprocess.run([TBOT, 'paper', 'status', '--all', '--json'], env=envs['notify'], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
+        assert {(r['ledger'], r['timeframe'], tuple(r['symbols'])) for r in fleet} == {(str(state / 'data' / 'ledger.sqlite'), '1h', ('BTC/USDT', 'ETH/USDT')),
+                                                                                (str(state / 'data' / 'eth-5m' / 'ledger.sqlite'), '5m', ('ETH/USDT',))}
         for _ in range(60):                                    # the watcher told the trader's start
             if any(g['title'] == 'tbot ledger: trader started' for g in hook.got): break
             time.sleep(1)

@@ -416,6 +416,7 @@ def test_a_halted_system_is_impossible_to_miss(browser, tmp_path):
     ledger = d / 'halted.sqlite'
     env = {**env_for(d), 'TBOT_RISK_PORTFOLIO_STOP': '0.01', 'TBOT_RISK_CPPI_MULTIPLIER': '0', 'TBOT_RISK_TIPP': '0'}
     assert tbot('paper', 'start', '--replay', '2022-05-01:2022-05-20', '--ledger', ledger, env=env).stdout.startswith('HALTED')
+    tbot('paper', 'start', '--replay', '2022-05-01:2022-05-03', '--ledger', d / 'calm' / 'ledger.sqlite', env=env_for(d))   # a second trader
     dash = Dashboard(ledger, env_for(d), '--cull-idle', str(CULL_IDLE))
     try:
         p = open_page(browser, dash.url)
@@ -436,5 +437,11 @@ def test_a_halted_system_is_impossible_to_miss(browser, tmp_path):
             show_tab(p, 'Risk')
             risk = p.locator('.widget-tab-contents').inner_text()
             assert risk.index('HALTED') < risk.index('Limits') and 'reset-stop' in risk
+            # the other trader, from the dropdown: the page reads it from scratch (no halt, its own bars); then back
+            p.locator('.widget-dropdown select').select_option(label='calm/ledger.sqlite')
+            wait_hook(p, 'status', lambda v: v == 'stale')
+            assert hooks(p)['bars'] == '72' and 'HALTED' not in p.locator('.tbot-page').inner_text() and page_problems(p) == []
+            p.locator('.widget-dropdown select').select_option(label='halted.sqlite')
+            wait_hook(p, 'status', lambda v: v == 'halted')
         finally: p.close()
     finally: dash.stop()
