@@ -13,8 +13,8 @@ from .config import TbotError, settings
 from .ledger import ledger_path
 
 # %% auto #0
-__all__ = ['HASHED', 'DEPLOY_KEYS', 'package_dir', 'git_commit', 'hashed_settings', 'settings_hash', 'deploy_info', 'deployments',
-           'deployment_text']
+__all__ = ['HASHED', 'DEPLOY_KEYS', 'package_dir', 'git_commit', 'short_commit', 'hashed_settings', 'settings_hash',
+           'deploy_info', 'deployments', 'deployment_text']
 
 # %% ../nbs/14c_deploy.ipynb #64282bcb
 def package_dir()->Path:
@@ -34,6 +34,11 @@ def git_commit(
                 return c + ('+dirty' if run('status', '--porcelain', '--untracked-files=no').stdout.strip() else '')
         except (OSError, subprocess.SubprocessError): pass
     return os.environ.get('TBOT_COMMIT', '').strip() or 'unknown'
+
+def short_commit(c:str|None)->str:
+    "A commit as people read it: 12 hex digits, and +dirty when it was."
+    c = c or 'unknown'
+    return c if len(c) < 40 else c[:12] + ('+dirty' if c.endswith('+dirty') else '')
 
 # %% ../nbs/14c_deploy.ipynb #0316ee33
 HASHED = ('risk', 'bots', 'allocation', 'regime', 'exchange', 'paper', 'live')   # the sections the settings hash covers
@@ -85,7 +90,7 @@ def deployment_text(rows:list[dict], n:int=10)->str:
     "The last `n` starts for a human, newest first."
     if not rows: return 'no trader start recorded'
     def one(r):
-        c = r['commit'] if r['commit'] in ('unknown', None) else r['commit'][:12]
+        c = short_commit(r['commit'])
         end = 'still running, or killed' if r['ended'] is None else f"{r['ended']['kind']} {r['ended']['at'][:19]}"
         ch = f"; changed: {', '.join(r['changed'])}" if r['changed'] else ''
         return f"  {r['at'][:19]} {r['mode']}: tbot {r['version']}, commit {c}, image {r['image'] or '-'}, settings {(r['settings_hash'] or 'unknown')[:12]} -> {end}{ch}"

@@ -13,7 +13,7 @@ import pandas as pd
 from .config import TbotError, settings
 from .console import ArgParser, emit
 from .data import stored_series, timeframe_delta
-from .deploy import deployments
+from .deploy import deployments, short_commit
 from .exchange import Exchange, connect
 from .ledger import ledger_path
 from .paper import account, read_ledger
@@ -269,7 +269,7 @@ def health_text(r:dict)->str:
     m = r['system']
     if r.get('deployments'):
         d = r['deployments'][-1]
-        lines.append(f"  deployed {d['at'][:19]}: tbot {d['version']}, commit {(d['commit'] or 'unknown')[:12]}, image {d['image'] or '-'}, settings {(d['settings_hash'] or 'unknown')[:12]}")
+        lines.append(f"  deployed {d['at'][:19]}: tbot {d['version']}, commit {short_commit(d['commit'])}, image {d['image'] or '-'}, settings {(d['settings_hash'] or 'unknown')[:12]}")
     lines.append(f"  ledger {m['ledger_mb']:g} MB, store {m['store_mb']:g} MB" + (f", trader memory {m['trader_rss_mb']:g} MB" if m['trader_rss_mb'] else ''))
     return '\n'.join(lines)
 

@@ -12,7 +12,7 @@ import numpy as np, pandas as pd
 from . import __version__
 from .config import TbotError
 from .data import load, quality_report, timeframe_delta
-from .deploy import deployments, git_commit
+from .deploy import deployments, git_commit, short_commit
 from .health import health_report
 from .ledger import Ledger
 from .trader import TraderLock
@@ -390,13 +390,13 @@ def package_dir()->Path:
 
 def deployment_panel(st:dict)->str:
     "What runs (this page's tbot and commit), the uptime, and the deployment history: every trader start with its version, commit, image and settings hash (`tbot.deploy.deployments`)."
-    rows = [{'what': 'this page', 'value': f"tbot {__version__} (commit {git_commit()[:12]})"}, {'what': 'ledger', 'value': st['ledger']}]
+    rows = [{'what': 'this page', 'value': f"tbot {__version__} (commit {short_commit(git_commit())})"}, {'what': 'ledger', 'value': st['ledger']}]
     if st['status'] == 'empty' and 'record' not in st: return html_table(rows, title='Deployment')
     ev = st['record']['events']; starts = ev[ev.kind == 'started']
     rows.append({'what': 'uptime', 'value': ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'})
     try: hist = deployments(st['ledger'])
     except TbotError: hist = []
-    table = [{'started': r['at'][:19], 'mode': r['mode'], 'tbot': r['version'], 'commit': (r['commit'] or 'unknown')[:12], 'image': r['image'] or '-',
+    table = [{'started': r['at'][:19], 'mode': r['mode'], 'tbot': r['version'], 'commit': short_commit(r['commit']), 'image': r['image'] or '-',
               'settings hash': (r['settings_hash'] or 'unknown')[:12], 'ended': 'running or killed' if r['ended'] is None else f"{r['ended']['kind']} {r['ended']['at'][:19]}",
               'changed': ', '.join(r['changed'])} for r in hist[::-1][:30]]
     return html_table(rows, title='Deployment') + html_table(table, 'no start yet', 'Deployment history (newest first; a rollback starts an earlier commit or image on this ledger)')

@@ -52,6 +52,7 @@ def cpu_s(p:psutil.Process)->float:
     t = p.cpu_times(); return t.user + t.system + t.children_user + t.children_system
 
 @pytest.mark.slow
+@pytest.mark.timeout(int(MINUTES * 60) + 900)   # the run itself, then the checks (pyproject's 600 s is for ordinary tests)
 def test_soak(tmp_path, shared, monkeypatch):
     data, reports = tmp_path / 'data', tmp_path / 'reports'
     for sym in ('BTC/USDT', 'ETH/USDT'):   # the year and the history the agent needs before it
