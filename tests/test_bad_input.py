@@ -153,6 +153,13 @@ def _cases()->list[Case]:
     add('paper-parity-missing-ledger', 'paper', 'parity', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-missing-ledger', 'paper', 'reset-stop', '--by', 'alice', '--reason', 'x', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-without-by', 'paper', 'reset-stop', '--reason', 'x')
+    # dashboard: refused before voila starts (lost in the merge of main into this branch)
+    add('dashboard-port-word', 'dashboard', '--no-browser', '--port', 'http')
+    add('dashboard-port-too-big', 'dashboard', '--no-browser', '--port', '70000')
+    add('dashboard-ip-not-an-address', 'dashboard', '--no-browser', '--ip', 'my-laptop')
+    add('dashboard-cull-idle-zero', 'dashboard', '--no-browser', '--cull-idle', '0')
+    add('dashboard-ledger-is-a-folder', 'dashboard', '--no-browser', '--ledger', '/tmp')
+    add('dashboard-unknown-option', 'dashboard', '--bogus')
     # health, notify, logs
     add('health-unknown-check', 'health', '--only', 'pulse')
     add('health-empty-only', 'health', '--only', ',')
