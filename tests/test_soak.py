@@ -10,7 +10,7 @@ seconds of each process are printed (run with -s) and written to <tmp>/soak.json
 
 It runs beside the rest of the suite: `make test` starts it in the background first and checks its result at the end
 (see the Makefile); `-m "not slow"` leaves it out."""
-import json, os, signal, sqlite3, statistics, subprocess, sys, textwrap, time
+import json, os, shutil, signal, sqlite3, statistics, subprocess, sys, textwrap, time
 from pathlib import Path
 import psutil, pytest
 from conftest import ROOT, TBOT, tbot
@@ -59,16 +59,23 @@ def test_soak(tmp_path, shared, monkeypatch):
         write_series(read_candle_file(shared / f"{sym.replace('/', '_')}-1h.feather").loc['2021-06-01':'2022-12-31 23:00'], Series('binance', sym, '1h'), data)
     ini = tmp_path / 'settings.ini'
     ini.write_text(f"[paper]\ninit_cash = 1000\n\n[schedule]\nsoak = every 2m | {tiny_notebook(tmp_path / 'tiny.ipynb')} | x=3\ncatch_up = false\n")
-    env = {**os.environ, 'TBOT_DATA_DIR': str(data), 'TBOT_REPORTS_DIR': str(reports), 'TBOT_SETTINGS': str(ini)}
+    # its processes import tbot from a copy (and run outside the checkout): `make test` runs the soak beside test_install, whose
+    # nbdev-export rewrites tbot/*.py
+    shutil.copytree(ROOT / 'tbot', tmp_path / 'pkg' / 'tbot')   # __pycache__ too: numba's cached kernels (by source stamp) are not compiled again
+    shutil.copy(ROOT / 'settings.ini', tmp_path / 'pkg' / 'settings.ini')   # tbot's defaults, beside the package as in a checkout
+    env = {**os.environ, 'TBOT_DATA_DIR': str(data), 'TBOT_REPORTS_DIR': str(reports), 'TBOT_SETTINGS': str(ini),
+           'PYTHONPATH': os.pathsep.join([str(tmp_path / 'pkg'), *filter(None, [os.environ.get('PYTHONPATH')])])}
     for k in ('TBOT_DATA_DIR', 'TBOT_REPORTS_DIR', 'TBOT_SETTINGS'): monkeypatch.setenv(k, env[k])
+    probe = subprocess.run([sys.executable, '-c', 'import tbot; print(tbot.__file__)'], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert probe.stdout.strip() == str(tmp_path / 'pkg' / 'tbot' / '__init__.py'), probe   # the copy, not the checkout
     from tbot.health import health_report
     led, stop_file, dash_out = data / 'ledger.sqlite', tmp_path / 'stop-dashboard', tmp_path / 'dashboard.json'
     wall = MINUTES * 60 + 30
     speed = 365 * 86400 / wall
     err = {n: open(tmp_path / f'{n}.err', 'w') for n in ('trader', 'scheduler', 'dashboard')}
     procs = {'trader': subprocess.Popen([TBOT, 'paper', 'start', '--replay', ':'.join(YEAR), '--speed', f'{speed:.3f}', '--tick', '10', '--ledger', str(led)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=err['trader']),
-             'scheduler': subprocess.Popen([TBOT, 'schedule'], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err['scheduler'])}
+                                        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err['trader']),
+             'scheduler': subprocess.Popen([TBOT, 'schedule'], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err['scheduler'])}
     ps = {n: psutil.Process(p.pid) for n, p in procs.items()}
     rss, health, cli_checks, integrity, cpu = {n: [] for n in ('trader', 'scheduler', 'dashboard')}, [], [], [], {}
     t0, me = time.monotonic(), cpu_s(psutil.Process())
@@ -76,7 +83,7 @@ def test_soak(tmp_path, shared, monkeypatch):
         while not led.exists() or sqlite3.connect(f'file:{led}?mode=ro', uri=True).execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'bars'").fetchone()[0] == 0:
             assert procs['trader'].poll() is None, (tmp_path / 'trader.err').read_text()
             time.sleep(1)
-        procs['dashboard'] = subprocess.Popen([sys.executable, '-c', DRIVER, str(led), str(dash_out), str(stop_file)], env=env,
+        procs['dashboard'] = subprocess.Popen([sys.executable, '-c', DRIVER, str(led), str(dash_out), str(stop_file)], env=env, cwd=tmp_path,
                                               stdout=subprocess.DEVNULL, stderr=err['dashboard'])
         ps['dashboard'] = psutil.Process(procs['dashboard'].pid)
         n, warm, schedule_log = 0, False, reports / 'schedule' / 'log.jsonl'
@@ -92,7 +99,7 @@ def test_soak(tmp_path, shared, monkeypatch):
             r = health_report(led, only=CHECKS, ping=False)
             health.append((round(time.monotonic() - t0), r['healthy'], r['problems']))
             if n % 10 == 5:   # now and then: the command itself, and the ledger's integrity while the trader writes
-                h = subprocess.run([TBOT, 'health', '--ledger', str(led), '--no-ping', '--only', ','.join(CHECKS)], env=env, capture_output=True, text=True, timeout=120)
+                h = subprocess.run([TBOT, 'health', '--ledger', str(led), '--no-ping', '--only', ','.join(CHECKS)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
                 cli_checks.append((h.returncode, h.stdout.splitlines()[0] if h.stdout else h.stderr))
                 con = sqlite3.connect(f'file:{led}?mode=ro', uri=True)
                 integrity.append(con.execute('PRAGMA integrity_check').fetchone()[0]); con.close()
