@@ -263,7 +263,7 @@ def _batch(self:Trader, upto)->_Batch|None:
                   p.split[bots].to_numpy('float64'), strategies, {t: g for t, g in dec.groupby('time')} if len(dec) else {},
                   [None] * max(i - 1, 0) + list(idx[max(i - 1, 0):].tz_convert('UTC').strftime('%Y-%m-%dT%H:%M:%S.%fZ')))  # from the bar before: its decision fills now
 
-# %% ../nbs/12_trader.ipynb #b7c0a9e1paper
+# %% ../nbs/12_trader.ipynb #b7c0a9e1
 class PaperBroker:
     "Fills as the backtest makes them: the bar kernel's own, at the open with slippage, and the stop inside the bar."
     exact = True   # the book is the kernel's arithmetic: a restart checks the fills against the last bar's equity, bit for bit
