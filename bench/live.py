@@ -77,7 +77,7 @@ with FakeBinance(shared_candles(('BTC/USDT', 'ETH/USDT'), ('1h',), '2022-03-25',
         n0 = len(fake.requests)
         t0 = time.perf_counter()
         diffs = broker.reconcile(tr)
-        prices = np.array([broker.price_now(s, '1h') for s in tr.symbols])
+        prices = np.array([broker.price_now(s) for s in tr.symbols])
         orders, dust = broker.plan_rebalance(tr, target, f'2030-01-01T{i // 60:02d}:{i % 60:02d}:00.000000Z', 21915, prices)
         for o in orders: broker.submit(tr, o['symbol'], o['side'], o['amount'], o['price'], f'2030-01-01T{i // 60:02d}:{i % 60:02d}:00.000000Z', 'rebalance')
         if orders: forced.append(time.perf_counter() - t0)

@@ -173,3 +173,23 @@ def test_kill_9_between_intent_send_and_answer_sends_once_and_loses_no_fill(tmp_
             assert len([1 for m, p_, q in f.requests if m == 'POST' and p_ == '/api/v3/order']) == len(posts)
         finally: tr.close()
 
+
+# --- the portfolio stop in live: checked on the close, flattened through the exchange --------------------------------------------
+def test_the_stop_fires_at_the_close_and_flattens_through_the_exchange(tmp_path, monkeypatch):
+    from tbot.risk import HALTED
+    monkeypatch.setenv('TBOT_DATA_DIR', str(tmp_path / 'data'))
+    with FakeBinance(shared_candles(('BTC/USDT', 'ETH/USDT'), ('1h',), '2022-04-01', '2022-04-30'), now='2022-04-10 12:00:01',
+                     balances={'USDT': 1000.0}, fee_asset='quote', slippage=0.0005) as f:
+        tr = open_trader(f, tmp_path / 'l.sqlite', tmp_path)
+        try:
+            assert tr.broker.submit(tr, 'BTC/USDT', 'buy', 0.01, 45000.0, '2022-04-10T11:00:00.000000Z', 'rebalance') == 'filled'
+            tr.s = stop_state(2000.0, 0.05, 0.0)   # a floor of 1,900: this account (500 of capital) is far below it
+            close = f.last_close('BTCUSDT')
+            bar = types.SimpleNamespace(day=np.array([19092]), c=np.array([[close, 3000.0]]), times=['2022-04-10T12:00:00.000000Z'])
+            n, eq, st, frac, fired, resumed, orders, fills = tr.broker.step(tr, bar, 0, None)
+            assert (st, fired, frac) == (HALTED, HALTED, -1.0)   # -1: at the close (the stop's reason says so)
+            stop = tr.con.execute("SELECT side, state, filled FROM live_orders WHERE id = ?",
+                                  (order_id(tr.account, 'agent', 'BTC/USDT', '2022-04-10T12:00:00.000000Z', 'stop'),)).fetchone()
+            assert stop == ('sell', 'filled', 0.01) and tr.pos[0] == 0
+            assert tr.broker.reconcile(tr) == []
+        finally: tr.close()
