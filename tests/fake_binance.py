@@ -305,8 +305,10 @@ class FakeBinance:
         if path == '/api/v3/myTrades':
             since = int(q.get('startTime', 0))
             oid = int(q['orderId']) if 'orderId' in q else None
-            with self.lock: return 200, json.dumps([t for t in self.trades if t['symbol'] == q.get('symbol') and t['time'] >= since
-                                                    and (oid is None or t['orderId'] == oid)])
+            until = int(q.get('endTime', since + 86_400_000 - 1 if 'startTime' in q else 2**62))   # Binance: a window of at most 24 h
+            if 'startTime' in q and until - since >= 86_400_000: return 400, _err(-1127, 'More than 24 hours between startTime and endTime.')
+            with self.lock: return 200, json.dumps([t for t in self.trades if t['symbol'] == q.get('symbol') and since <= t['time'] <= until
+                                                    and (oid is None or t['orderId'] == oid)][:int(q.get('limit', 500))])
         return 404, _err(-1, f'no fake for {method} {path}')
 
     # --- HTTP -------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from tbot.broker import LiveBroker
 from tbot.config import TbotError
 from tbot.exchange import Exchange, connect
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # ~10 min on a quiet machine: 720 bars, each planned on the history so far
 
 SEED, MONTH = 20260430, ('2022-04-01', '2022-04-30')
 READS = ['/api/v3/klines', '/api/v3/account', '/api/v3/openOrders', '/api/v3/myTrades', '/api/v3/time']
