@@ -131,7 +131,9 @@ def _test_order(ex:Exchange, symbol:str)->Check:
     if bad: return Check('test order', False, f"no order of {symbol} passes its filters near the minimum: {bad[0]}")
     cid = f"tb-preflight-{ex.client.milliseconds()}"
     try: ex.create_order(symbol, 'buy', amount, cid, 'market', params={'test': True})
-    except (OrderRejected, OrderOutcomeUnknown) as e: return Check('test order', False, f"not accepted by /api/v3/order/test: {e}")
+    except OrderRejected as e: return Check('test order', False, f"refused by /api/v3/order/test: {e}")
+    except OrderOutcomeUnknown as e:   # a test order never reaches the book: nothing to look up
+        return Check('test order', False, f"no usable answer from /api/v3/order/test: {str(e).split('; look it up')[0]}")
     return Check('test order', True, f"buy {amount:g} {symbol} at market (~{amount * price:,.2f} {m.quote}) accepted by /api/v3/order/test (validated, never matched)")
 
 # %% ../nbs/12d_live.ipynb #ba974267
@@ -359,6 +361,7 @@ def check_can_start(
         env = ' (TBOT_LIVE_ENABLED does not count: switching real money on is written in the settings file)' if 'TBOT_LIVE_ENABLED' in s.env else ''
         raise TbotError(f"live trading is off: set [live] enabled = true in {s.path or 'your settings.ini'} to trade real money{env}; paper is the default (`tbot paper start`)")
     ex_id = s.get('exchange', 'id')
+    if ex_id != 'binance': raise TbotError(f"live trading is built for Binance spot only; settings [exchange] id is {ex_id!r}")
     creds = api_credentials(ex_id, s)
     if not ('apiKey' in creds and 'secret' in creds):
         raise TbotError(f"no API keys: set TBOT_{ex_id.upper()}_API_KEY and TBOT_{ex_id.upper()}_API_SECRET in the environment or the git-ignored .env (never in settings.ini)")
