@@ -239,7 +239,9 @@ def allows(
 def _read(path:Path)->sqlite3.Connection|None:
     "The ledger open read-only, or None when there is no ledger yet."
     if not path.is_file(): return None
-    con = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=30)
+    # without a -wal file no connection has the ledger open: read it as immutable, so that reading leaves no -wal/-shm behind
+    quiet = '' if Path(f'{path}-wal').exists() else '&immutable=1'
+    con = sqlite3.connect(f'file:{path}?mode=ro{quiet}', uri=True, timeout=30)
     try: con.execute('SELECT 1 FROM sqlite_master').fetchone()
     except sqlite3.DatabaseError as e: con.close(); raise TbotError(f"ledger {path}: {e}") from None
     return con
