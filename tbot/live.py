@@ -6,7 +6,7 @@ Docs: https://tbot-dev.github.io/tbot/live.html.md"""
 
 # %% ../nbs/12d_live.ipynb #c08c9e84
 from __future__ import annotations
-import json, re, sqlite3, time
+import importlib, importlib.util, json, re, sqlite3, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from .ledger import ledger_path, utc_text
 from .trader import TraderLock
 
 # %% auto #0
-__all__ = ['RISK_STATES', 'live_settings', 'scrub', 'live_secrets', 'scrubbed', 'live_exchange', 'Check', 'preflight',
+__all__ = ['RISK_STATES', 'BROKER', 'live_settings', 'scrub', 'live_secrets', 'scrubbed', 'live_exchange', 'Check', 'preflight',
            'preflight_text', 'caps', 'spent', 'RiskState', 'risk_step', 'allows', 'live_account', 'kill_requests',
            'kill_switch', 'request_halt', 'status', 'status_text', 'run', 'check_can_start', 'start', 'live_parser',
            'cli_live']
@@ -341,16 +341,17 @@ def status_text(o:dict)->str:
     return '\n'.join(lines)
 
 # %% ../nbs/12d_live.ipynb #13bf1042
+BROKER = 'tbot.broker'  # the live broker's module: looked up only when trading starts, since the broker builds on these rails (it imports this module)
+
 def run(
     s:Settings,    # the settings in force
     ledger:Path,   # the ledger the live account lives in
     ex:Exchange,   # the exchange, preflight passed
 ):
     "Hand over to the trader with the live broker (`tbot.broker.run_live`), once every rail has passed."
-    import importlib, importlib.util
-    if importlib.util.find_spec('tbot.broker') is None: raise TbotError("the live broker is not available in this build (no tbot.broker)")
-    broker = importlib.import_module('tbot.broker')
-    if not hasattr(broker, 'run_live'): raise TbotError("the live broker is not available in this build (tbot.broker has no run_live)")
+    if importlib.util.find_spec(BROKER) is None: raise TbotError(f"the live broker is not available in this build (no {BROKER})")
+    broker = importlib.import_module(BROKER)
+    if not hasattr(broker, 'run_live'): raise TbotError(f"the live broker is not available in this build ({BROKER} has no run_live)")
     return broker.run_live(s, ledger, ex)
 
 def check_can_start(
