@@ -76,16 +76,21 @@ def scrubbed(secrets=()):
 def live_exchange(
     testnet:bool=False,    # Binance's spot testnet instead of the real exchange
     s:Settings|None=None,  # settings; the settings in force when None
+    on_event=None,         # called with each exchange event, already scrubbed
     **kw,                  # more `tbot.exchange.Exchange` settings, e.g. retries
 )->Exchange:
-    "The exchange that live trading talks to, with the API keys."
+    "The exchange that live trading talks to, with the API keys; its events are scrubbed as they happen."
     s = s or settings()
-    ex_id, ls = s.get('exchange', 'id'), live_settings(s)
+    ex_id, ls, secrets = s.get('exchange', 'id'), live_settings(s), live_secrets(s)
     if ex_id != 'binance': raise TbotError(f"live trading is built for Binance spot only; settings [exchange] id is {ex_id!r}")
     client = connect(ex_id, options={'recvWindow': ls['recv_window']})
     if testnet: client.set_sandbox_mode(True)   # before pointing it anywhere: sandbox mode swaps the URLs
     if s.get('exchange', 'url'): point_at(client, s.get('exchange', 'url'))
-    return Exchange(client, **kw)
+    def scrub_event(ev:dict):   # the event is the dict kept in `Exchange.events`: scrubbed in place, before anyone reads it
+        for k, v in ev.items():
+            if isinstance(v, str): ev[k] = scrub(v, secrets)
+        if on_event: on_event(ev)
+    return Exchange(client, on_event=scrub_event, **kw)
 
 # %% ../nbs/12d_live.ipynb #eb5b4cb3
 @dataclass

@@ -207,3 +207,9 @@ def test_no_secret_in_any_artefact(home, candles):
         for s in (KEY, SECRET):
             assert s not in text, f"a secret in {where}"
         assert not re.search(r'signature=[0-9a-f]{8}', text), f"a request signature in {where}: {text[:300]}"
+
+def test_dotenv_is_git_ignored():
+    "The keys' one file outside the environment can never be committed."
+    from conftest import ROOT
+    p = subprocess.run(['git', 'check-ignore', '-q', '.env'], cwd=ROOT)
+    assert p.returncode == 0, '.env is not git-ignored'
