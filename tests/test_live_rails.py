@@ -228,3 +228,50 @@ def test_dotenv_is_git_ignored():
     from conftest import ROOT
     p = subprocess.run(['git', 'check-ignore', '-q', '.env'], cwd=ROOT)
     assert p.returncode == 0, '.env is not git-ignored'
+
+# --- the pure rails, over many random cases ---------------------------------------------------------------------------------
+
+def test_caps_hold_over_random_plans():
+    "Exits always pass; what passes never exceeds a cap; a refused buy would have broken one; nothing is dropped or reordered."
+    import random
+    from tbot.live import caps
+    rng = random.Random(13)
+    for _ in range(2000):
+        mo, mb, md = rng.choice([10, 50, 100]), rng.choice([50, 100, 200]), rng.choice([100, 300, 1000])
+        sb = rng.uniform(0, mb); sd = sb + rng.uniform(0, md - sb) if md > sb else sb
+        orders = [{'symbol': rng.choice(['BTC/USDT', 'ETH/USDT']), 'side': rng.choice(['buy', 'buy', 'sell']),
+                   'amount': rng.uniform(0.0001, 0.01), 'price': rng.uniform(1000, 60000), 'n': i} for i in range(rng.randint(0, 8))]
+        r = caps(orders, sb, sd, mo, mb, md)
+        refused = [o for o, _ in r['refused']]
+        assert sorted(o['n'] for o in r['passed'] + refused) == list(range(len(orders)))
+        assert [o['n'] for o in r['passed']] == sorted(o['n'] for o in r['passed'])   # in the order given
+        assert all(o['side'] == 'buy' for o in refused)                                # exits always pass
+        bought = [o['amount'] * o['price'] for o in r['passed'] if o['side'] == 'buy']
+        assert all(b <= mo for b in bought)
+        assert r['spent_bar'] == pytest.approx(sb + sum(bought)) and r['spent_day'] == pytest.approx(sd + sum(bought))
+        assert (not bought) or (r['spent_bar'] <= mb + 1e-9 and r['spent_day'] <= md + 1e-9)
+        bar, day = sb, sd   # replay: each refused buy broke a cap at its turn
+        for o in orders:
+            if o['side'] == 'sell': continue
+            c = o['amount'] * o['price']
+            if o in refused: assert c > mo or bar + c > mb or day + c > md
+            else: bar += c; day += c
+
+def test_risk_states_over_random_walks():
+    "Only a reset with nothing asking to halt lifts a state; drift or N unknowns always halt; a kill or stop never leaves it active."
+    import random
+    from tbot.live import RiskState, allows, risk_step
+    rng = random.Random(7)
+    for _ in range(300):
+        r = RiskState()
+        for _ in range(40):
+            w = dict(flat=rng.random() < 0.4, kill=rng.choice([None] * 5 + ['alice: x']), unknowns=rng.choice([0, 0, 1, 2, 3, 4]),
+                     drift=rng.choice([None] * 8 + ['BTC differs']), stop=rng.choice([None] * 8 + ['floor']), reset=rng.choice([None] * 4 + ['bob']))
+            n = risk_step(r, max_unknown=3, **w)
+            hard, soft = bool(w['drift']) or w['unknowns'] >= 3, bool(w['kill'] or w['stop'])
+            if hard: assert n.state == 'halted' and not allows(n, True)
+            if soft: assert n.state != 'active' and not allows(n, False)
+            if r.state != 'active' and n.state == 'active': assert w['reset'] and not hard and not soft
+            if r.state == 'halted': assert n.state in ('halted', 'active')     # never back to reducing
+            if n.state == 'reducing': assert allows(n, True) and not allows(n, False)
+            r = n
