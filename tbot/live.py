@@ -6,7 +6,7 @@ Docs: https://tbot-dev.github.io/tbot/live.html.md"""
 
 # %% ../nbs/12d_live.ipynb #c08c9e84
 from __future__ import annotations
-import importlib, importlib.util, json, re, sqlite3, time
+import importlib, importlib.util, json, re, sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +111,7 @@ def _clock(ex:Exchange, limit:int)->Check:
                  f"(round trip {rtt} ms); the limit is {limit} ms" + ('' if abs(off) <= limit else ': set the machine clock (NTP) before trading'))
 
 def _permissions(ex:Exchange, testnet:bool)->Check:
-    ex._need_keys(f'{ex.id} key permissions')
+    if ex.offset_ms is None: ex.sync_clock()   # signed requests carry the exchange's time
     if testnet:   # the spot testnet has no /sapi: the account says what the key may do
         a = ex.call(ex.client.private_get_account, what=f'{ex.id} account')
         trade, withdraw, where = a.get('canTrade'), a.get('canWithdraw'), 'the testnet account'
