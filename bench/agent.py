@@ -30,3 +30,7 @@ print(f"whole agent backtest, BTC+ETH 1h 2018-2026 ({len(p.index):,} bars x 2): 
 print(f"  of which the plan (regimes, every candidate, learning, sizing):  {t_plan:6.2f} s")
 print(f"  of which the portfolio, trades, attribution and decision log:   {t_bt:6.2f} s")
 print(f"vectorbt naive from_orders + stats on the same targets:            {t_vbt:6.2f} s   (ratio agent/vectorbt-portfolio-only {t_all / t_vbt:.1f}x)")
+
+t = time.perf_counter(); wf = portfolio.walk_forward_agent(data); t_wf = time.perf_counter() - t
+print(f"walk-forward of the agent, same candles ({len(wf['folds'])} folds, 1y anchored train, 180d tests): {t_wf:6.2f} s "
+      f"({t_wf / t_all:.1f}x one whole backtest)")

@@ -390,17 +390,12 @@ def _since(codes:np.ndarray, t:int)->int:
     while i > 0 and codes[i - 1] == codes[t]: i -= 1
     return i
 
-def _split_text(split)->str: return '/'.join(f'{round(x * 100):d}' for x in split)
+def _run_starts(codes:np.ndarray)->np.ndarray:
+    "For every bar, the first bar of the regime run it is in (`_since` for all bars at once)."
+    n = np.arange(len(codes))
+    return np.maximum.accumulate(np.where(np.r_[True, codes[1:] != codes[:-1]], n, 0)) if len(codes) else n
 
-def _switch_row(p:Plan, t:int, b:int, s:int, c:np.ndarray)->dict:
-    "The log row of bot b switching strategy on symbol s at bar t (`c`: that symbol's regime codes)."
-    k, bst, reg = p.choice[t, b, s], p.best[t, b, s], REGIMES[c[t]]
-    name, bot, sym = p.candidates[b][k], p.policy.bots[b].name, p.symbols[s]
-    since = p.index[_since(c, t)].strftime('%Y-%m-%d %H:%M')
-    alt = '' if bst == k else f", best now {p.candidates[b][bst]}"
-    return {'time': p.index[t], 'kind': 'strategy', 'bot': bot, 'symbol': sym, 'regime': reg, 'strategy': name,
-            'score': float(p.score[t, b, s]), 'split': _split_text(p.split.iloc[t]),
-            'reason': f"regime={reg} since {since} → {bot} on {sym}: {name} (score {p.score[t, b, s]:.2f}{alt}), split {_split_text(p.split.iloc[t])}"}
+def _split_text(split)->str: return '/'.join(f'{round(x * 100):d}' for x in split)
 
 def decision_log(
     p:Plan,               # the plan
@@ -411,19 +406,27 @@ def decision_log(
     codes = {s: regime_codes(p.regimes[s]) for s in p.symbols}
     prim = codes[p.symbols[0]]
     B, S = len(p.policy.bots), len(p.symbols)
-    ch = p.choice
+    ch, sc, best = p.choice, p.score, p.best
     switched = np.zeros(ch.shape, np.bool_); switched[0] = ch[0] >= 0; switched[1:] = (ch[1:] != ch[:-1]) & (ch[1:] >= 0)
     new_regime = np.r_[True, prim[1:] != prim[:-1]]
     todo = np.flatnonzero(new_regime | switched.any(axis=(1, 2)))
     if bars is not None: todo = todo[(todo >= bars.start) & (todo < bars.stop)]
-    for t in todo:
-        ts = p.index[t]
+    if not len(todo): return pd.DataFrame(columns=['time', 'kind', 'bot', 'symbol', 'regime', 'strategy', 'score', 'split', 'reason'])
+    vals = p.index.as_unit('ns').asi8.view('M8[ns]')   # UTC
+    since = [np.char.replace(np.datetime_as_string(vals[_run_starts(codes[s])[todo]], unit='m'), 'T', ' ') for s in p.symbols]
+    split = p.split.to_numpy()
+    for i, (t, ts) in enumerate(zip(todo.tolist(), p.index[todo])):
+        spl = _split_text(split[t])
         if new_regime[t]:
             reg = REGIMES[prim[t]] if prim[t] >= 0 else 'unknown'
-            rows.append({'time': ts, 'kind': 'regime', 'bot': None, 'symbol': p.symbols[0], 'regime': reg, 'strategy': None,
-                         'score': np.nan, 'split': _split_text(p.split.iloc[t]),
-                         'reason': f"regime={reg} on {p.symbols[0]} → split {_split_text(p.split.iloc[t])} ({'/'.join(p.policy.bot_names)})"})
-        rows += [_switch_row(p, t, b, s, codes[p.symbols[s]]) for b in range(B) for s in range(S) if switched[t, b, s]]
+            rows.append({'time': ts, 'kind': 'regime', 'bot': None, 'symbol': p.symbols[0], 'regime': reg, 'strategy': None, 'score': np.nan,
+                         'split': spl, 'reason': f"regime={reg} on {p.symbols[0]} → split {spl} ({'/'.join(p.policy.bot_names)})"})
+        for b, s in zip(*np.nonzero(switched[t])):
+            k, bst, reg = ch[t, b, s], best[t, b, s], REGIMES[codes[p.symbols[s]][t]]
+            name, bot, sym = p.candidates[b][k], p.policy.bots[b].name, p.symbols[s]
+            alt = '' if bst == k else f", best now {p.candidates[b][bst]}"
+            rows.append({'time': ts, 'kind': 'strategy', 'bot': bot, 'symbol': sym, 'regime': reg, 'strategy': name, 'score': float(sc[t, b, s]),
+                         'split': spl, 'reason': f"regime={reg} since {since[s][i]} → {bot} on {sym}: {name} (score {sc[t, b, s]:.2f}{alt}), split {spl}"})
     return pd.DataFrame(rows, columns=['time', 'kind', 'bot', 'symbol', 'regime', 'strategy', 'score', 'split', 'reason'])
 
 # %% ../nbs/07_agent.ipynb #314811a0

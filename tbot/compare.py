@@ -14,7 +14,7 @@ from .timeframes import bot_frames, closed_asof, take_rows
 
 
 # %% auto #0
-__all__ = ['KEYS', 'turnover', 'sim_figures', 'cppi_buy_and_hold', 'strategy_mix', 'trading_costs']
+__all__ = ['KEYS', 'turnover', 'sim_figures', 'cppi_buy_and_hold', 'strategy_mix', 'attribution', 'trading_costs']
 
 # %% ../nbs/07d_compare.ipynb #0a5844b1
 KEYS = ('total_return', 'sharpe', 'max_drawdown', 'min_equity', 'fees_paid', 'turnover')
@@ -72,6 +72,41 @@ def strategy_mix(
 )->dict:             # KEYS, halted_at, equity
     "The equal-weight mix of the bots' strategies, each bot at its base capital, through the agent's portfolio and risk budget."
     return _run(frames, _mix_target(p), i0, fees, slippage, init_cash, band)
+
+# %% ../nbs/07d_compare.ipynb #a8c81a33
+def attribution(
+    p:Plan,               # the plan that set the targets
+    units:pd.DataFrame,   # units held after each bar, per symbol
+    fills:pd.DataFrame,   # every fill
+    close:pd.DataFrame,   # close per symbol
+)->dict:                  # {'bot', 'strategy', 'regime', 'symbol'}: P&L in quote currency
+    "Share each market's P&L per bar among the bots by the weights they asked for, then by strategy and regime."
+    T, S = close.shape
+    value = units.to_numpy() * close.to_numpy()
+    flow = np.zeros((T, S))
+    if len(fills):
+        np.add.at(flow, (close.index.get_indexer(fills.time), [p.symbols.index(s) for s in fills.symbol]),
+                  -(fills.units * fills.price).to_numpy() - fills.fee.to_numpy())
+    pnl = np.diff(np.vstack([np.zeros((1, S)), value]), axis=0) + flow       # per bar and symbol; sums to the equity change
+    acc = {by: {} for by in ('bot', 'strategy', 'regime', 'symbol')}
+    def add(by, keys, sums, counts):
+        for key, v, n in zip(keys, sums, counts):
+            if n: acc[by][key] = acc[by].get(key, 0.0) + v
+    for s, sym in enumerate(p.symbols):
+        cols = [c for c in p.weights.columns if c[1] == sym]
+        w = p.weights[cols].shift(1).fillna(0.0)
+        tot = w.sum(axis=1)
+        share = w.div(tot.where(tot > 0), axis=0).ffill().fillna(1.0 / len(cols)).to_numpy()
+        regs, rinv = np.unique(p.regimes[sym].shift(1).astype(object).fillna('unknown').to_numpy().astype(str), return_inverse=True)
+        for j, (bot, _) in enumerate(cols):
+            b = p.policy.bot_names.index(bot)
+            x = pnl[:, s] * share[:, j]
+            names = p.candidates[b] + ['none']
+            k = np.r_[-1, p.choice[:-1, b, s]]; k = np.where(k >= 0, k, len(names) - 1)
+            add('bot', [bot], [x.sum()], [T]); add('symbol', [sym], [x.sum()], [T])
+            add('strategy', names, np.bincount(k, x, len(names)), np.bincount(k, None, len(names)))
+            add('regime', regs, np.bincount(rinv, x, len(regs)), np.bincount(rinv, None, len(regs)))
+    return {by: pd.Series(d, dtype='float64', name='pnl').rename_axis(by).sort_index() for by, d in acc.items()}
 
 # %% ../nbs/07d_compare.ipynb #13196cc8
 def trading_costs(

@@ -18,10 +18,10 @@ from .ledger import Ledger, performance_records
 from . import agent, risk
 from .agent import Plan, Policy, load_policy, market_frames, decision_log, score_now
 from .timeframes import plan, cut, bot_frames, plan_frames, closed_asof, take_rows, is_multi
-from .compare import KEYS, cppi_buy_and_hold, strategy_mix, trading_costs, turnover
+from .compare import KEYS, attribution, cppi_buy_and_hold, strategy_mix, trading_costs, turnover
 
 # %% auto #0
-__all__ = ['agent_trades', 'attribution', 'halt_text', 'AgentResult', 'benchmark', 'backtest_agent', 'explain', 'single_run',
+__all__ = ['agent_trades', 'halt_text', 'AgentResult', 'benchmark', 'backtest_agent', 'explain', 'single_run',
            'walk_forward_agent', 'shadow_performance', 'record', 'load_data', 'common_range', 'load_bot_data',
            'policy_for', 'cli_agent']
 
@@ -49,36 +49,6 @@ def agent_trades(
     orders = _orders(fills, close.index, symbols)
     rec = vbt_nb.get_exit_trades_nb(orders, close.to_numpy('float64'), col_map_nb(orders['col'], len(symbols)))
     return trades_frame(rec, close.index).assign(symbol=[symbols[c] for c in rec['col']])
-
-# %% ../nbs/07c_portfolio.ipynb #a8c81a33
-def attribution(
-    p:Plan,               # the plan that set the targets
-    units:pd.DataFrame,   # units held after each bar, per symbol
-    fills:pd.DataFrame,   # every fill
-    close:pd.DataFrame,   # close per symbol
-)->dict:                  # {'bot', 'strategy', 'regime', 'symbol'}: P&L in quote currency
-    "Share each market's P&L per bar among the bots by the weights they asked for, then by strategy and regime."
-    T, S = close.shape
-    value = units.to_numpy() * close.to_numpy()
-    flow = np.zeros((T, S))
-    if len(fills):
-        np.add.at(flow, (close.index.get_indexer(fills.time), [p.symbols.index(s) for s in fills.symbol]),
-                  -(fills.units * fills.price).to_numpy() - fills.fee.to_numpy())
-    pnl = np.diff(np.vstack([np.zeros((1, S)), value]), axis=0) + flow       # per bar and symbol; sums to the equity change
-    rows = []
-    for s, sym in enumerate(p.symbols):
-        cols = [c for c in p.weights.columns if c[1] == sym]
-        w = p.weights[cols].shift(1).fillna(0.0)
-        tot = w.sum(axis=1)
-        share = w.div(tot.where(tot > 0), axis=0).ffill().fillna(1.0 / len(cols)).to_numpy()
-        reg = p.regimes[sym].shift(1).astype(object).fillna('unknown').to_numpy()
-        for j, (bot, _) in enumerate(cols):
-            b = p.policy.bot_names.index(bot)
-            k = np.r_[-1, p.choice[:-1, b, s]]
-            strat = np.where(k >= 0, np.array(p.candidates[b] + ['none'])[k], 'none')
-            rows.append(pd.DataFrame({'bot': bot, 'symbol': sym, 'strategy': strat, 'regime': reg, 'pnl': pnl[:, s] * share[:, j]}))
-    df = pd.concat(rows)
-    return {by: df.groupby(by, sort=True)['pnl'].sum().rename('pnl') for by in ('bot', 'strategy', 'regime', 'symbol')}
 
 # %% ../nbs/07c_portfolio.ipynb #7a642081
 def halt_text(

@@ -107,7 +107,6 @@ def budget_reason(
 
 @njit(cache=True)
 def cushion_cap(
-
     s:np.ndarray,   # the state
     equity:float,   # equity now
 )->float:           # the largest gross exposure allowed, a fraction of equity; inf when the budget is off
@@ -154,7 +153,6 @@ def stop_end_bar(
     s[_LAST] = equity
     if equity > s[_PEAK]: s[_PEAK] = equity
     if equity <= s[_FLOOR]: s[_STATUS] = HALTED
-
     return int(s[_STATUS])
 
 # %% ../nbs/06_risk.ipynb #313432ba
@@ -181,7 +179,6 @@ def _rebalance(o, prev_target, e_open, book, pos, out, nf, fees, slippage, min_n
             if over and abs(want * px) < min_notional[k]: want = 0.0   # over the budget, a position too small to trade is closed
             if amount_step[k] > 0: want = np.trunc(want / amount_step[k]) * amount_step[k]
             trade = want - pos[k]
-
             if abs(trade * px) <= 1e-9 * abs(e_open) or (trade < 0) != sells: continue
             b = 0.0 if over and trade < 0 else band   # over the risk budget: every sell counts, however small
             if want != 0.0 and abs(trade * px) < max(b * abs(e_open), min_notional[k]): continue   # closing is always allowed
@@ -232,7 +229,6 @@ def step_nb(
         for k in range(K):
             if pos[k] != 0: held += abs(pos[k] * po[k])
         nf = _rebalance(o, want, e_open, book, pos, out, nf, fees, slippage, min_notional, amount_step, band, held > cap * e_open)
-
         invested = False; e_open = book[0]; e_worst = book[0]
         for k in range(K):
             if pos[k] != 0:

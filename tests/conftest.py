@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'alone: rewrites files of the checkout; under xdist no other test runs meanwhile')
+    config.addinivalue_line('markers', 'browser: drives the dashboard in headless Debian chromium (/usr/bin/chromium) through Playwright')
 
 @contextmanager
 def checkout_lock(config, exclusive:bool):

@@ -11,9 +11,9 @@ from tbot.ledger import Ledger, performance_records
 
 SYMBOLS = ('BTC/USDT', 'ETH/USDT')
 
-def tbot(*args, check=True, timeout=900):
+def tbot(*args, check=True, timeout=900, env=None):
     "`tbot` run from the checkout, as a user would."
-    return conftest.tbot(*args, check=check, timeout=timeout, cwd=ROOT)
+    return conftest.tbot(*args, check=check, timeout=timeout, cwd=ROOT, env=env)
 
 def one_line_error(p):
     return conftest.one_line_error(p, 'tbot: error:')
@@ -81,22 +81,26 @@ def test_walk_forward_is_recorded_and_reruns_count_once(store_2021):
 
 # --- 4. a halt is the first thing every summary says ---
 
+NO_BUDGET = {'TBOT_RISK_CPPI_MULTIPLIER': '0', 'TBOT_ALLOCATION_ENTRY_TRADES': '0'}   # the risk budget keeps the agent off its stop
+
 @pytest.mark.slow
 def test_a_halt_leads_the_backtest_and_explain_shows_nothing_held(store_2021):
-    o = json.loads(tbot('agent', 'backtest', '--no-ledger', '--json').stdout)
+    "How a halt is told: the agent without its risk budget (as it was) reaches the 5% stop in 2021."
+    o = json.loads(tbot('agent', 'backtest', '--no-ledger', '--json', env=NO_BUDGET).stdout)
     assert list(o)[0] == 'halted' and o['halted'] is not None
     halted = pd.Timestamp(o['halted']['time'])
     assert halted < pd.Timestamp('2021-10-15', tz='UTC') and o['stats']['halted_at'] == o['halted']['time']
-    text = tbot('agent', 'backtest', '--no-ledger').stdout
+    text = tbot('agent', 'backtest', '--no-ledger', env=NO_BUDGET).stdout
     assert text.startswith(f"HALTED: the portfolio stop fired on {halted:%Y-%m-%d %H:%M} UTC") and 'held only cash' in text.splitlines()[0]
-    e = json.loads(tbot('agent', 'explain', '--at', '2021-10-15', '--json').stdout)
+    e = json.loads(tbot('agent', 'explain', '--at', '2021-10-15', '--json', env=NO_BUDGET).stdout)
     assert e['halted']['time'] == o['halted']['time'] and set(e['targets'].values()) == {0.0}
     assert all(d['weight'] == 0 for x in e['bots'].values() for d in x.values())
-    assert tbot('agent', 'explain', '--at', '2021-10-15').stdout.startswith('HALTED since')
-    before = json.loads(tbot('agent', 'explain', '--at', str(halted - pd.Timedelta('2D'))[:16], '--json').stdout)
+    assert tbot('agent', 'explain', '--at', '2021-10-15', env=NO_BUDGET).stdout.startswith('HALTED since')
+    before = json.loads(tbot('agent', 'explain', '--at', str(halted - pd.Timedelta('2D'))[:16], '--json', env=NO_BUDGET).stdout)
     assert before['halted'] is None                                                    # not halted before the stop fired
 
-def test_capital_per_bot_is_zero_after_the_halt(shared):
+def test_capital_per_bot_is_zero_after_the_halt(shared, monkeypatch):
+    for k, v in NO_BUDGET.items(): monkeypatch.setenv(k, v)   # the agent as it was: the stop fires in H1 2021
     hist = {s: data.read_candle_file(shared / f"{s.replace('/', '_')}-1h.feather").loc['2021-01-01':'2021-06-30'] for s in SYMBOLS}
     r = portfolio.backtest_agent(hist)
     assert r.halt is not None

@@ -299,5 +299,7 @@ def test_agent_report_with_bots_on_their_own_timeframes(store, shared):
     metrics = json.loads((run / 'metrics.json').read_text())
     assert metrics['stats'] == jsonable(dict(direct.stats))
     assert 'core 1h, scalping 5m, risk 1h' in m['summary']
+    page = '\n'.join(f.read_text() for f in run.glob('*.html'))   # the fair benchmarks and the trading costs stand beside the agent
+    assert 'buy &amp; hold, same budget (risk-matched)' in page and "mix of the bots' strategies" in page and 'fees_to_gross' in page
     bad = tbot('report', 'backtest', '-p', 'strategy=ema_cross', '-p', 'bot_timeframes=true', '-p', 'symbols=BTC/USDT')
     one_line_error(bad, "for strategy 'agent' only")
