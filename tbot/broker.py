@@ -6,19 +6,23 @@ Docs: https://tbot-dev.github.io/tbot/broker.html.md"""
 
 # %% ../nbs/12c_broker.ipynb #f9afa9c0
 from __future__ import annotations
-import json, math, time
+import hashlib, json, math, tempfile, threading, time
+from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.basics import patch
 from ccxt.base.decimal_to_precision import decimal_to_precision, TRUNCATE, ROUND, TICK_SIZE, NO_PADDING
-from .config import TbotError, settings
+from .agent import load_policy
+from .config import Settings, TbotError, settings
 from .data import timeframe_delta
 from .exchange import Exchange, OrderRejected, OrderOutcomeUnknown
 from .ledger import utc_text
+from .feed import LiveFeed
+from .live import RiskState, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
 from .risk import ACTIVE, HALTED, PAUSED, stop_new_bar, stop_check, stop_end_bar, step_nb
-from .trader import order_id, book_from_fills
+from .trader import Trader, TraderLock, account_config, book_from_fills, order_id, paper_settings, trading_keys
 
 # %% auto #0
-__all__ = ['LIVE_STATES', 'UNSETTLED', 'price_cap', 'plan_order', 'LiveBroker']
+__all__ = ['LIVE_STATES', 'UNSETTLED', 'RISK_EVENTS', 'price_cap', 'plan_order', 'LiveBroker', 'account_lock', 'run_live']
 
 # %% ../nbs/12c_broker.ipynb #54cd1b53
 def _snap(x:float)->float: return float(f"{x:.12g}")   # a kernel amount a hair under a lot step is that step, not the one below
@@ -97,12 +101,19 @@ class LiveBroker:
                  settle_wait:float=0.5,      # seconds between them
                  margin:float=0.01,          # the minimum notional is met with this much to spare
                  dust_quote:float=0.01,      # a quote balance this close to the ledger's agrees with it
+                 limits:dict|None=None,      # caps on buying in quote, {'max_order', 'max_bar', 'max_day'} (`tbot.live.caps`); None: none
+                 kill_file=None,             # the kill switch's file (`[live] kill_file`): while it exists, flatten and halt
                  sleep=time.sleep,           # for tests
                 ):
         self.ex, self.recv_window, self.not_found, self.settle_tries, self.settle_wait = exchange, int(recv_window), not_found, settle_tries, settle_wait
         self.max_unknown = max_unknown if max_unknown is not None else settings().getint('live', 'max_unknown', 3)
-        self.margin, self.dust_quote, self.sleep = margin, dust_quote, sleep
-        self.halted, self.unknown_run, self.on_state, self.free, self.checked_ms, self.tf = None, 0, None, {}, None, '1m'
+        self.margin, self.dust_quote, self.sleep, self.limits, self.kill_file = margin, dust_quote, sleep, limits, kill_file
+        self.risk, self.unknown_run, self.on_state, self.free, self.checked_ms, self.tf = RiskState(), 0, None, {}, None, '1m'
+
+    @property
+    def halted(self)->str|None:
+        "Why trading is halted, or None."
+        return self.risk.reason if self.risk.state == 'halted' else None
 
     def __repr__(self): return f"LiveBroker({self.ex!r}{', halted: ' + self.halted if self.halted else ''})"
 
@@ -128,18 +139,26 @@ def frozen(self:LiveBroker, tr)->set:
     "Symbols with an order whose outcome is not known yet: nothing more is sent for them."
     return {r[0] for r in tr.con.execute(f"SELECT DISTINCT symbol FROM live_orders WHERE account = ? AND state IN {UNSETTLED}", (tr.account,))}
 
+RISK_EVENTS = {'active': 'live_resume', 'reducing': 'live_reducing', 'halted': 'live_halt'}   # the ledger's record of each risk state
+
+@patch
+def _risk_to(self:LiveBroker, tr, risk:RiskState):
+    "Move to a risk state, recorded as an event (persisted: a restart comes back in it)."
+    if risk == self.risk: return
+    self.risk = risk
+    tr.event(RISK_EVENTS[risk.state], risk.reason, time=tr.last_bar)
+
 @patch
 def resume(self:LiveBroker, tr, who:str):
-    "A human lifts a halt after looking at its reason (recorded)."
-    if not self.halted: return
-    tr.event('live_resume', f"resumed by {who} after: {self.halted}", time=tr.last_bar); self.halted, self.unknown_run = None, 0
+    "A human lifts a halt or a reduction after looking at its reason (recorded)."
+    if self.risk.state == 'active': return
+    self._risk_to(tr, RiskState('active', f"resumed by {who} after: {self.risk.reason}")); self.unknown_run = 0
 
 @patch
 def halt(self:LiveBroker, tr, reason:str):
     "Stop sending orders, and say why (persisted: a restart stays halted until a human resumes it)."
     if self.halted: return
-    self.halted = reason
-    tr.event('live_halt', reason, time=tr.last_bar)
+    self._risk_to(tr, RiskState('halted', reason))
 
 # %% ../nbs/12c_broker.ipynb #8a22134d
 @patch
@@ -207,6 +226,7 @@ def submit(self:LiveBroker,
         self._set(tr, oid, 'rejected', done=_now(), detail=_one(e)); return 'rejected'
     except OrderOutcomeUnknown as e:
         self._set(tr, oid, 'unknown', detail=_one(e))
+        tr.event('order_unknown', f"{symbol} {side} {amount:g} ({oid}): {_one(e)}; settling it by its client id", time=tr.last_bar)
         self.unknown_run += 1
         if self.unknown_run >= self.max_unknown:
             self.halt(tr, f"{self.unknown_run} orders in a row with an unknown outcome (the last: {symbol} {side} {amount}, {_one(e)}): trading halted")
@@ -320,8 +340,8 @@ def attach(self:LiveBroker, tr):
     self.tf = min((k[1] for k in tr.config['keys']), key=timeframe_delta)   # the trader's clock: its open candle gives the price now
     for s in tr.symbols:
         if s not in self.ex.client.markets: raise TbotError(f"{self.ex.id} has no market {s}")
-    r = tr.con.execute("SELECT kind, detail FROM events WHERE account = ? AND kind IN ('live_halt', 'live_resume') ORDER BY id DESC LIMIT 1", (tr.account,)).fetchone()
-    self.halted = r[1] if r and r[0] == 'live_halt' else None
+    r = tr.con.execute(f"SELECT kind, detail FROM events WHERE account = ? AND kind IN {tuple(RISK_EVENTS.values())} ORDER BY id DESC LIMIT 1", (tr.account,)).fetchone()
+    self.risk = RiskState({v: k for k, v in RISK_EVENTS.items()}[r[0]], r[1]) if r else RiskState()
     _tx(tr.con, ("UPDATE live_orders SET state = 'cancelled', done = ?, detail = 'never sent: the trader stopped before sending' WHERE account = ? AND state = 'planned'", (_now(), tr.account)),
         ("UPDATE orders SET status = 'cancelled' WHERE account = ? AND status = 'planned'", (tr.account,)))
     if self._baseline(tr) is None:
@@ -336,7 +356,7 @@ def attach(self:LiveBroker, tr):
                  balances={a: bal.get(a, {}).get('total', 0.0) for a in assets}, server_ms=self.ex.server_ms())
     diffs = self.reconcile(tr)
     if diffs:
-        tr.event('reconcile', '; '.join(diffs), time=tr.last_bar)
+        tr.event('reconcile_failed', '; '.join(diffs), time=tr.last_bar)
         raise TbotError(f"live: the exchange and the ledger disagree, not trading: {'; '.join(diffs)}")
 
 # %% ../nbs/12c_broker.ipynb #6dcc6fca
@@ -353,23 +373,49 @@ def _equity(tr)->float:
     return eq
 
 @patch
-def flatten(self:LiveBroker, tr, bar:str)->list[str]:
-    "Sell every position through the exchange now (the stop's exit); what is frozen or dust stays, and is named."
+def flatten(self:LiveBroker, tr, bar:str, intent:str='stop')->list[str]:
+    "Sell every position through the exchange now (the stop's or the kill switch's exit); what is frozen or dust stays, and is named."
     left, frozen = [], self.frozen(tr)
     for k, s in enumerate(tr.symbols):
         if tr.pos[k] <= 0: continue
         if s in frozen: left.append(f"{s}: frozen by an unknown order"); continue
         o = plan_order(self.ex.client.markets[s], 'sell', tr.pos[k], self.price_now(s), tr.config['slippage'], free=self.free.get(s.split('/')[0]), margin=self.margin)
         if 'dust' in o: left.append(f"{s}: {o['reason']}"); continue
-        self.submit(tr, s, 'sell', o['amount'], o['price'], bar, 'stop')
+        self.submit(tr, s, 'sell', o['amount'], o['price'], bar, intent)
     return left
 
 @patch
+def flat(self:LiveBroker, tr)->bool:
+    "Nothing left to sell: every position is zero or below the exchange's minimums (dust), and no order's outcome is unknown."
+    if self.frozen(tr): return False
+    return all(tr.pos[k] <= 0 or 'dust' in plan_order(self.ex.client.markets[s], 'sell', tr.pos[k], tr.last[k], tr.config['slippage'], margin=self.margin)
+               for k, s in enumerate(tr.symbols))
+
+@patch
+def kill(self:LiveBroker, tr)->str|None:
+    "The kill switch: the kill file, or a halt asked for in the ledger (`tbot live halt`), marked applied as it is read."
+    if self.kill_file is not None and self.kill_file.exists():
+        why = self.kill_file.read_text(errors='replace').strip()[:200] if self.kill_file.is_file() else ''
+        return f"the kill file {self.kill_file} exists" + (f" ({why})" if why else '')
+    req = kill_requests(tr.con, tr.account)
+    if not req: return None
+    _tx(tr.con, *(('UPDATE events SET applied = ? WHERE id = ?', (_now(), r['id'])) for r in req))
+    return req[-1]['detail']
+
+@patch
 def step(self:LiveBroker, tr, b, t:int, out)->tuple:
-    "A closed bar, live: reconcile, mark at the close, and check the stop there (flattening through the exchange)."
+    "A closed bar, live: reconcile, mark at the close, check the stop there and the kill switch (flattening through the exchange)."
+    req = kill_requests(tr.con, tr.account, kind='resume')   # a human's, recorded by `tbot live resume`
+    if req:
+        _tx(tr.con, *(('UPDATE events SET applied = ? WHERE id = ?', (_now(), r['id'])) for r in req))
+        self.resume(tr, f"{req[-1]['by']} ({req[-1]['reason']})")   # what halted it, if it is still there, puts it back below
     if self.halted is None:
         diffs = self.reconcile(tr)
-        if diffs: self.halt(tr, f"the exchange and the ledger disagree: {'; '.join(diffs)}; trading halted (the exchange's balance is the truth)")
+        if diffs:
+            tr.event('reconcile_failed', '; '.join(diffs), time=tr.last_bar)
+            self.halt(tr, f"the exchange and the ledger disagree: {'; '.join(diffs)}; trading halted (the exchange's balance is the truth)")
+    kill = self.kill(tr)
+    if kill and self.risk.state == 'active': self._risk_to(tr, risk_step(self.risk, False, kill=kill))   # exits only, until flat
     s = tr.s; was = s[0]
     stop_new_bar(s, int(b.day[t]))
     resumed = was == PAUSED and s[0] == ACTIVE
@@ -381,6 +427,9 @@ def step(self:LiveBroker, tr, b, t:int, out)->tuple:
         if f >= 0: fired = int(s[0])
     if s[0] != ACTIVE and (tr.pos > 0).any() and not self.halted:
         self.flatten(tr, b.times[t]); eq = _equity(tr)
+    if self.risk.state == 'reducing':
+        if (tr.pos > 0).any(): self.flatten(tr, b.times[t], 'kill'); eq = _equity(tr)
+        if self.flat(tr): self._risk_to(tr, risk_step(self.risk, True))   # flat: halted, for the same reason
     was = s[0]
     st = stop_end_bar(s, eq)
     if was != HALTED and st == HALTED: fired = HALTED
@@ -414,13 +463,56 @@ def plan_rebalance(self:LiveBroker,
 
 @patch
 def after_bar(self:LiveBroker, tr, b, t:int):
-    "Once the newest bar is committed: the rebalance its decision asks for, computed at the price now, sent."
-    if t != len(b.idx) - 1 or self.halted or tr.s[0] != ACTIVE: return
+    "Once the newest bar is committed: the rebalance its decision asks for, computed at the price now, within the caps, sent."
+    if t != len(b.idx) - 1 or self.risk.state != 'active' or tr.s[0] != ACTIVE: return
     prices = np.array([self.price_now(s) for s in tr.symbols])
-    orders, dust = self.plan_rebalance(tr, b.target[t], b.times[t], int((b.idx[t] + tr.step).value // 86_400_000_000_000), prices)
+    now = b.idx[t] + tr.step   # the bar open now, in which the orders go out
+    orders, dust = self.plan_rebalance(tr, b.target[t], b.times[t], int(now.value // 86_400_000_000_000), prices)
     for s, side, amount, why in dust: tr.event('dust', f"{s} {side}: {why}; not sent", time=b.idx[t], amount=amount)
+    if self.limits:
+        buys = tr.con.execute('SELECT time, units * price FROM fills WHERE account = ? AND units > 0 AND time >= ?', (tr.account, utc_text(now.floor('D')))).fetchall()
+        c = caps(orders, *spent(buys, now, now), **self.limits)
+        for o, why in c['refused']: tr.event('capped', f"not sent: {why}", time=b.idx[t], order=o['id'])
+        orders = c['passed']
     frozen = self.frozen(tr)
     for o in orders:
         if o['symbol'] in frozen: tr.event('frozen', f"{o['symbol']}: not traded while an order's outcome is unknown", time=b.idx[t]); continue
         self.submit(tr, o['symbol'], o['side'], o['amount'], o['price'], b.times[t], 'rebalance')
         if self.halted: return
+
+# %% ../nbs/12c_broker.ipynb #2fc97c30
+def account_lock(
+    ex:Exchange,   # the exchange with its API key
+)->TraderLock:     # the lock of that exchange account on this machine
+    "The lock one live process holds per exchange account: named after a hash of the API key, never the key itself."
+    where = json.dumps(ex.client.urls.get('api'), sort_keys=True, default=str)   # the real exchange, its testnet or a local fake
+    h = hashlib.sha256(f"{ex.id}:{where}:{ex.client.apiKey}".encode()).hexdigest()[:16]
+    return TraderLock(Path(tempfile.gettempdir()) / f"tbot-live-{h}")
+
+def run_live(
+    s:Settings,                      # the settings in force (`[live]`, `[paper]` poll and settle, the bots)
+    ledger:Path,                     # the ledger the live account lives in
+    ex:Exchange,                     # the exchange with the API keys, preflight passed (`tbot.live.live_exchange`)
+    timeframe:str='1h',              # the bar size every bot runs on
+    stop:threading.Event|None=None,  # set it to stop between bars (Ctrl-C, SIGTERM)
+)->str:                              # how it ended: 'stopped'
+    "Trade live: the trader on the exchange's candles with the live broker and the rails of `[live]`, until stopped."
+    ls, ps, pol = live_settings(s), paper_settings(s), load_policy()
+    keys = trading_keys(pol, timeframe, False)
+    for sym, _ in keys: ex.market(sym)
+    feed = LiveFeed(ex, keys, poll=ps['poll'], settle=ps['settle'])
+    begin = live_status(ledger, s).get('since') or feed.now()   # an account keeps the start it was created with
+    cfg = account_config('live', pol, timeframe, False, ls['init_cash'], begin, None, ex.id)
+    broker = LiveBroker(ex, recv_window=ls['recv_window'], max_unknown=ls['max_unknown'], kill_file=ls['kill_file'],
+                        limits={k: ls[k] for k in ('max_order', 'max_bar', 'max_day')})
+    lock = account_lock(ex)
+    pid = lock.holder()
+    if pid: raise TbotError(f"another live trader (pid {pid}) places orders on this {ex.id} account: one process per account")
+    secrets = live_secrets(s)
+    with lock:
+        tr = Trader(feed, cfg, ledger, pol, broker=broker)
+        record = tr.event
+        tr.event = lambda kind, detail='', time=None, **data: record(kind, scrub(detail, secrets), time=time, **data)   # nothing secret reaches the ledger
+        tr.open()
+        try: return tr.run(stop)
+        finally: tr.close()

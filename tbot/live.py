@@ -6,13 +6,14 @@ Docs: https://tbot-dev.github.io/tbot/live.html.md"""
 
 # %% ../nbs/12d_live.ipynb #c08c9e84
 from __future__ import annotations
-import importlib, importlib.util, json, re, sqlite3
+import importlib, importlib.util, json, re, signal, sqlite3, threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
 from .config import Secret, Settings, TbotError, api_credentials, check_number, settings
 from .console import ArgParser, emit
+from .data import timeframe_delta
 from .exchange import Exchange, OrderOutcomeUnknown, OrderRejected, connect, point_at
 from .ledger import ledger_path, utc_text
 from .trader import TraderLock
@@ -32,12 +33,12 @@ def _flag(v, what:str)->bool:
 
 def live_settings(
     s:Settings|None=None, # settings; the settings in force when None
-)->dict:                  # enabled, testnet, the caps, max_unknown, max_clock_offset, recv_window (ms), kill_file (a Path)
+)->dict:                  # enabled, testnet, init_cash, the caps, max_unknown, max_clock_offset, recv_window (ms), kill_file (a Path)
     "The `[live]` section, checked; `enabled` only as the settings file says."
     s = s or settings()
     out = {'enabled': _flag(s.cp.get('live', 'enabled', fallback='false'), 'settings [live] enabled'),
            'testnet': _flag(s.get('live', 'testnet', 'false'), 'settings [live] testnet')}
-    for k in ('max_order', 'max_bar', 'max_day'): out[k] = float(check_number(s.get('live', k), f'settings [live] {k}', lo=0, lo_open=True))
+    for k in ('init_cash', 'max_order', 'max_bar', 'max_day'): out[k] = float(check_number(s.get('live', k), f'settings [live] {k}', lo=0, lo_open=True))
     out['max_unknown'] = check_number(s.get('live', 'max_unknown'), 'settings [live] max_unknown', lo=1, integer=True)
     for k in ('max_clock_offset', 'recv_window'): out[k] = check_number(s.get('live', k), f'settings [live] {k}', lo=1, hi=60000, integer=True)
     kill = (s.get('live', 'kill_file') or '').strip()
@@ -257,10 +258,10 @@ def live_account(con:sqlite3.Connection|None)->int|None:
     r = con.execute("SELECT id FROM accounts WHERE mode = 'live'").fetchone()
     return r[0] if r else None
 
-def kill_requests(con:sqlite3.Connection, account:int, pending:bool=True)->list[dict]:
-    "The kill events of an account (only those not applied yet, when `pending`), oldest first."
-    sql = "SELECT id, at, detail, data, applied FROM events WHERE account = ? AND kind = 'kill'" + (' AND applied IS NULL' if pending else '') + ' ORDER BY id'
-    return [{'id': i, 'at': at, 'detail': d, **json.loads(x), 'applied': ap} for i, at, d, x, ap in con.execute(sql, (account,))]
+def kill_requests(con:sqlite3.Connection, account:int, pending:bool=True, kind:str='kill')->list[dict]:
+    "The kill (or `resume`) requests of an account (only those not applied yet, when `pending`), oldest first."
+    sql = "SELECT id, at, detail, data, applied FROM events WHERE account = ? AND kind = ?" + (' AND applied IS NULL' if pending else '') + ' ORDER BY id'
+    return [{'id': i, 'at': at, 'detail': d, **json.loads(x), 'applied': ap} for i, at, d, x, ap in con.execute(sql, (account, kind))]
 
 def kill_switch(
     path:str|Path|None=None, # the ledger
@@ -282,10 +283,12 @@ def request_halt(
     path:str|Path|None, # the ledger
     by:str,             # who asks
     reason:str,         # why
+    kind:str='kill',    # 'kill' (flatten and halt) or 'resume' (lift a halt or a reduction)
 )->str:                 # what was recorded
-    "Record a kill-switch request for the live account; the live trader flattens and halts when it next looks."
-    if not (by or '').strip(): raise TbotError("--by must name who halts live trading")
-    if not (reason or '').strip(): raise TbotError("--reason must say why live trading is halted")
+    "Record a kill-switch (or resume) request for the live account; the live trader acts on it when it next looks."
+    what = 'halts' if kind == 'kill' else 'resumes'
+    if not (by or '').strip(): raise TbotError(f"--by must name who {what} live trading")
+    if not (reason or '').strip(): raise TbotError(f"--reason must say why live trading {what}")
     path = Path(path or ledger_path())
     con = _read(path)
     try: acct = live_account(con)
@@ -295,9 +298,12 @@ def request_halt(
     con = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
         con.execute('INSERT INTO events (account, at, time, kind, detail, data) VALUES (?, ?, NULL, ?, ?, ?)',
-                    (acct, utc_text(pd.Timestamp.now(tz='UTC')), 'kill', f"halt requested by {by}: {reason}", json.dumps({'by': by, 'reason': reason})))
+                    (acct, utc_text(pd.Timestamp.now(tz='UTC')), kind, f"{'halt' if kind == 'kill' else 'resume'} requested by {by}: {reason}",
+                     json.dumps({'by': by, 'reason': reason})))
     finally: con.close()
-    return f"halt recorded (by {by}): the live trader flattens (exits only) and halts when it next looks"
+    if kind == 'kill': return f"halt recorded (by {by}): the live trader flattens (exits only) and halts when it next looks"
+    return (f"resume recorded (by {by}): the live trader trades again at its next bar, unless what halted it is still there "
+            "(the kill file, a disagreement with the exchange)")
 
 # %% ../nbs/12d_live.ipynb #727e8e37
 def status(
@@ -310,7 +316,7 @@ def status(
     ls, path = live_settings(s), Path(path or ledger_path())
     out = {'mode': 'live', 'enabled': ls['enabled'], 'testnet': ls['testnet'], 'kill_file': str(ls['kill_file']), 'ledger': str(path),
            'caps': {k: ls[k] for k in ('max_order', 'max_bar', 'max_day')}, 'halt': kill_switch(path, s), 'halted': None,
-           'account': None, 'running': TraderLock(path).holder() if path.exists() else None, 'last_bar': None, 'events': []}
+           'account': None, 'risk': None, 'running': TraderLock(path).holder() if path.exists() else None, 'last_bar': None, 'events': []}
     con = _read(path)
     if con is None: return out
     try:
@@ -322,8 +328,11 @@ def status(
         if last: out['last_bar'] = {'time': last[0], 'equity': last[1], 'status': last[2]}
         ev = con.execute('SELECT at, kind, detail FROM events WHERE account = ? ORDER BY id DESC LIMIT ?', (acct, n)).fetchall()
         out['events'] = [f"{at[:19]} {k}: {d}" for at, k, d in reversed(ev)]
-        if last and last[2] == 'halted':
-            h = con.execute("SELECT at, detail FROM events WHERE account = ? AND kind IN ('halted', 'kill') ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
+        r = con.execute("SELECT at, kind, detail FROM events WHERE account = ? AND kind IN ('live_halt', 'live_reducing', 'live_resume') ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
+        out['risk'] = {'state': {'live_halt': 'halted', 'live_reducing': 'reducing', 'live_resume': 'active'}[r[1]], 'since': r[0], 'reason': r[2]} if r else {'state': 'active'}
+        if out['risk']['state'] == 'halted': out['halted'] = f"since {r[0][:19]} UTC: {r[2]}"
+        elif last and last[2] == 'halted':
+            h = con.execute("SELECT at, detail FROM events WHERE account = ? AND kind = 'halted' ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
             out['halted'] = f"since {h[0][:19]} UTC: {h[1]}" if h else f"since the bar of {last[0][:16]}"
     finally: con.close()
     return out
@@ -332,6 +341,7 @@ def status_text(o:dict)->str:
     "`status` for a person: a halt, or a requested one, is the first line."
     lines = []
     if o['halted']: lines.append(f"HALTED {o['halted']}")
+    if (o.get('risk') or {}).get('state') == 'reducing': lines.append(f"REDUCING (exits only) since {o['risk']['since'][:19]} UTC: {o['risk']['reason']}")
     if o['halt']: lines.append(f"HALT REQUESTED (kill switch): {o['halt']}")
     lines.append(f"live trading is {'ON' if o['enabled'] else 'OFF'} in the settings ([live] enabled = {str(o['enabled']).lower()})"
                  + (', on the testnet' if o['testnet'] else '') + ('' if o['enabled'] else '; paper is the default (`tbot paper start`)'))
@@ -352,12 +362,13 @@ def run(
     s:Settings,    # the settings in force
     ledger:Path,   # the ledger the live account lives in
     ex:Exchange,   # the exchange, preflight passed
+    **kw,          # for `run_live`: timeframe, stop
 ):
     "Hand over to the trader with the live broker (`tbot.broker.run_live`), once every rail has passed."
     if importlib.util.find_spec(BROKER) is None: raise TbotError(f"the live broker is not available in this build (no {BROKER})")
     broker = importlib.import_module(BROKER)
     if not hasattr(broker, 'run_live'): raise TbotError(f"the live broker is not available in this build ({BROKER} has no run_live)")
-    return broker.run_live(s, ledger, ex)
+    return broker.run_live(s, ledger, ex, **kw)
 
 def check_can_start(
     path:Path,            # the ledger
@@ -384,10 +395,13 @@ def start(
     testnet:bool=False,       # Binance's spot testnet (also when [live] testnet = true)
     symbol:str|None=None,     # the market of the preflight's test order
     report=print,             # where the preflight report goes
+    timeframe:str='1h',       # the bar size every bot runs on
+    stop=None,                # a `threading.Event`: set it to stop between bars
 ):
     "Check every rail, then trade live through `run`; refuse in one line, writing nothing, at the first rail that fails."
     s = settings()
     path = Path(path or ledger_path())
+    timeframe_delta(timeframe)   # bad input before anything is asked of the exchange
     ls = check_can_start(path, s)
     testnet = testnet or ls['testnet']
     with scrubbed(live_secrets(s)):
@@ -397,7 +411,7 @@ def start(
         if not o['ok']:
             first = next(c for c in o['checks'] if not c.ok)
             raise TbotError(f"live trading refused: the preflight failed ({first.name}: {first.detail})")
-        return run(s, path, ex)
+        return run(s, path, ex, timeframe=timeframe, stop=stop)
 
 # %% ../nbs/12d_live.ipynb #c436a107
 def live_parser(prog:str='tbot live')->ArgParser:
@@ -411,8 +425,11 @@ def live_parser(prog:str='tbot live')->ArgParser:
         x.add_argument('--symbol', help='the market of the test order; the first of [exchange] symbols when omitted')
     pf.add_argument('--json', action='store_true', help='print JSON')
     sub.add_parser('status', help='live trading now: a halt first, then the switch, the caps and the account').add_argument('--json', action='store_true', help='print JSON')
+    st.add_argument('--timeframe', default='1h', help='bar size of the candles (every bot runs on it)')
     h = sub.add_parser('halt', help='the kill switch: record a request to flatten and halt the live account')
     h.add_argument('--by', required=True, help='who halts'); h.add_argument('--reason', required=True, help='why')
+    r = sub.add_parser('resume', help="a human's resume of a halted or reducing live account, once its reason is dealt with (recorded)")
+    r.add_argument('--by', required=True, help='who resumes'); r.add_argument('--reason', required=True, help='why it is safe again')
     for x in sub.choices.values(): x.add_argument('--ledger', help='the ledger (SQLite); <data_dir>/ledger.sqlite when omitted')
     return p
 
@@ -421,7 +438,7 @@ def cli_live(argv:list[str], prog:str='tbot live')->int:
     a = live_parser(prog).parse_args(argv)
     s = settings()
     if a.cmd == 'status': emit(status(a.ledger, s), a.json, status_text); return 0
-    if a.cmd == 'halt': print(request_halt(a.ledger, a.by, a.reason)); return 0
+    if a.cmd in ('halt', 'resume'): print(request_halt(a.ledger, a.by, a.reason, 'kill' if a.cmd == 'halt' else 'resume')); return 0
     if a.cmd == 'preflight':
         ls = live_settings(s)
         testnet = a.testnet or ls['testnet']
@@ -431,5 +448,9 @@ def cli_live(argv:list[str], prog:str='tbot live')->int:
             o = preflight(ex, a.symbol, testnet, s)
         emit({**o, 'checks': [vars(c) for c in o['checks']]} if a.json else o, a.json, preflight_text)
         return 0 if o['ok'] else 1
-    start(a.ledger, a.testnet, a.symbol)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.set())
+    start(a.ledger, a.testnet, a.symbol, timeframe=a.timeframe, stop=stop)
+    print(status_text(status(a.ledger, s)))   # a halt is its first line
+    print('stopped on request; every bar processed is committed')
     return 0

@@ -151,6 +151,13 @@ def _cases()->list[Case]:
     add('paper-parity-missing-ledger', 'paper', 'parity', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-missing-ledger', 'paper', 'reset-stop', '--by', 'alice', '--reason', 'x', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-without-by', 'paper', 'reset-stop', '--reason', 'x')
+    # dashboard: refused before voila starts
+    add('dashboard-port-word', 'dashboard', '--no-browser', '--port', 'http')
+    add('dashboard-port-too-big', 'dashboard', '--no-browser', '--port', '70000')
+    add('dashboard-ip-not-an-address', 'dashboard', '--no-browser', '--ip', 'my-laptop')
+    add('dashboard-cull-idle-zero', 'dashboard', '--no-browser', '--cull-idle', '0')
+    add('dashboard-ledger-is-a-folder', 'dashboard', '--no-browser', '--ledger', '/tmp')
+    add('dashboard-unknown-option', 'dashboard', '--bogus')
     # live (off in the shipped settings; no case reaches an exchange)
     add('live-start-switched-off', 'live', 'start')
     add('live-start-enabled-by-env-only', 'live', 'start', env={'TBOT_LIVE_ENABLED': 'true'})
@@ -159,6 +166,9 @@ def _cases()->list[Case]:
     add('live-halt-without-reason', 'live', 'halt', '--by', 'alice')
     add('live-halt-no-live-account', 'live', 'halt', '--by', 'alice', '--reason', 'x')
     add('live-status-unknown-option', 'live', 'status', '--bogus')
+    add('live-start-bad-timeframe', 'live', 'start', '--timeframe', '7x', env={'TBOT_LIVE_ENABLED': 'true'})
+    add('live-resume-without-by', 'live', 'resume', '--reason', 'x')
+    add('live-resume-no-live-account', 'live', 'resume', '--by', 'alice', '--reason', 'x')
     # config, and no command at all
     add('config-unknown-option', 'config', '--bogus')
     add('config-settings-missing', 'config', env={'TBOT_SETTINGS': '/nonexistent/settings.ini'})
