@@ -151,6 +151,13 @@ def _cases()->list[Case]:
     add('paper-parity-missing-ledger', 'paper', 'parity', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-missing-ledger', 'paper', 'reset-stop', '--by', 'alice', '--reason', 'x', '--ledger', '/nonexistent/l.sqlite')
     add('paper-reset-stop-without-by', 'paper', 'reset-stop', '--reason', 'x')
+    # dashboard: refused before voila starts
+    add('dashboard-port-word', 'dashboard', '--no-browser', '--port', 'http')
+    add('dashboard-port-too-big', 'dashboard', '--no-browser', '--port', '70000')
+    add('dashboard-ip-not-an-address', 'dashboard', '--no-browser', '--ip', 'my-laptop')
+    add('dashboard-cull-idle-zero', 'dashboard', '--no-browser', '--cull-idle', '0')
+    add('dashboard-ledger-is-a-folder', 'dashboard', '--no-browser', '--ledger', '/tmp')
+    add('dashboard-unknown-option', 'dashboard', '--bogus')
     # config, and no command at all
     add('config-unknown-option', 'config', '--bogus')
     add('config-settings-missing', 'config', env={'TBOT_SETTINGS': '/nonexistent/settings.ini'})
