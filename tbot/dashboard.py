@@ -14,7 +14,7 @@ from .config import TbotError, check_number, settings
 from .console import ArgParser
 from .data import load, store_synthetic
 from .ledger import ledger_path
-from .panels import COLORS, ago, banner, box, esc, figure, heartbeat, hook, package_dir
+from .panels import COLORS, banner, box, esc, figure, heartbeat, heartbeat_said, hook, package_dir
 from .paper import account, buy_and_hold_curve, read_ledger, status_of
 from .portfolio import policy_for
 
@@ -111,7 +111,7 @@ def panel(n:str, st:dict):
     try: return getattr(panels, n)(st)   # the panels live in `tbot.panels`
     except Exception as e:
         why = f"this panel could not be drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return figure([], why[:200]) if n.endswith('_figure') else box(COLORS['paused'], esc(why))
+        return figure([], why[:200], empty='could not be drawn') if n.endswith('_figure') else box(COLORS['paused'], esc(why))
 
 def draw_all(st:dict)->dict:
     "Every panel of the page from one state: name -> HTML or figure."
@@ -182,7 +182,7 @@ class Board:
             self.draws += 1
         elif self.state['stale']: self.top.value = banner({**self.state, 'heartbeat_age': pu['heartbeat_age']})   # the age it says goes on (sent only when it changed)
         self.draw_tab()   # nothing when the tab in view shows this state already
-        self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
+        self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · {heartbeat_said(pu['heartbeat_age'])} · drawn {self.draws} times, last at "
                            f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {esc(self.path)}: nothing on this page changes the trader</small>")
         return drew
 
