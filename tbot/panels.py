@@ -17,10 +17,11 @@ from .trader import TraderLock
 
 # %% auto #0
 __all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'heartbeat', 'synthetic_label', 'esc', 'hook', 'html_table',
-           'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table', 'split_figure', 'decisions_table',
-           'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table', 'fills_table',
-           'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix', 'strategy_record',
-           'data_rows', 'data_panel', 'health_rows', 'health_panel', 'package_dir', 'git_commit', 'deployment_panel']
+           'heartbeat_said', 'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table', 'split_figure',
+           'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table',
+           'fills_table', 'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix',
+           'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel', 'package_dir', 'git_commit',
+           'deployment_panel']
 
 # %% ../nbs/13a_panels.ipynb #877094bf
 START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
@@ -64,6 +65,12 @@ def _fmt(v)->str:
     if isinstance(v, pd.Timestamp): return f"{v:%Y-%m-%d %H:%M}"
     return str(v)
 
+def heartbeat_said(
+    age:float|None, # seconds since the trader's last heartbeat; None: it never beat
+)->str:
+    "The heartbeat's age in words."
+    return 'no heartbeat recorded' if age is None else f"last heartbeat {ago(age)} ago"
+
 def ago(sec)->str:
     "A duration in seconds as people say it: 90 s, 5 min, 3.0 h, 2.5 days; None is never."
     if sec is None: return 'never'
@@ -100,8 +107,10 @@ def _x(t)->list:
 
 def _line(t, y, name:str, **kw)->dict: return {'type': 'scatter', 'mode': 'lines', 'x': _x(t), 'y': [None if v != v else float(v) for v in y], 'name': name, **kw}
 
-def figure(data:list, title:str, height:int=300, note:str='', **layout)->dict:
-    "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box."
+def figure(data:list, title:str, height:int=300, note:str='', empty:str='nothing to draw yet', **layout)->dict:
+    "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box; with no data, no axes but a line that says so."
+    if not data: layout = {**layout, 'xaxis': {'visible': False}, 'yaxis': {'visible': False},
+                           'annotations': [{'text': empty, 'showarrow': False, 'xref': 'paper', 'yref': 'paper', 'x': 0.5, 'y': 0.5}]}
     return {'data': data, 'layout': {'title': {'text': title + (f"<br><sup>{note}</sup>" if note else ''), 'x': 0.01, 'xanchor': 'left', 'font': {'size': 14}},
                                      'height': height, 'autosize': True, 'margin': {'l': 55, 'r': 15, 't': 60 if note else 40, 'b': 80},
                                      'legend': {'orientation': 'h', 'yref': 'container', 'y': 0, 'yanchor': 'bottom', 'x': 0}, **layout}}
@@ -129,7 +138,7 @@ def banner(st:dict)->str:
                     f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {esc(led)}</pre>")
     if st['stale']:
         why = 'the trader is not running' if not st['running'] else f"no heartbeat for {ago(st['heartbeat_age'])}"
-        top += box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} (last heartbeat {ago(st['heartbeat_age'])} ago); "
+        top += box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} ({heartbeat_said(st['heartbeat_age'])}); "
                     f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot paper start ... --ledger {esc(led)}</code>")
     if p.get('status') == 'paused': top += box(COLORS['paused'], '<b>PAUSED</b>: the daily loss limit was hit; trading resumes at the next UTC day.')
     bh = p.get('buy_and_hold')
@@ -172,10 +181,11 @@ def decisions_table(st:dict, n:int=15)->str:
 
 def scores_table(st:dict)->str:
     "The candidate the agent chose per bot and market, with its score when chosen (the scores of the others are not recorded)."
-    if st['status'] == 'empty': return html_table([], 'no decision yet')
+    title = "Chosen candidates and their scores (the others' scores are not recorded)"
+    if st['status'] == 'empty': return html_table([], 'no strategy chosen yet', title)
     d = st['record']['decisions']; d = d[d.kind == 'strategy'].groupby(['bot', 'symbol']).tail(1)
     return html_table([{'bot': r.bot, 'market': r.symbol, 'chosen': r.strategy, 'score': r.score, 'regime': r.regime, 'since': r.time} for r in d.itertuples()],
-                      'no strategy chosen yet', "Chosen candidates and their scores (the others' scores are not recorded)")
+                      'no strategy chosen yet', title)
 
 # %% ../nbs/13a_panels.ipynb #c5c4359d
 def pnl_by_symbol(st:dict)->pd.DataFrame:

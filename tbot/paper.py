@@ -10,18 +10,18 @@ import json, os, signal, sqlite3, threading, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from .config import TbotError, check_number, parse_time, settings
-from .console import ArgParser, emit, table
+from .console import ArgParser, emit
 from .data import timeframe_delta
 from .exchange import Exchange, ExchangeFailed, connect as exchange_connect
 from .feed import LiveFeed, ReplayFeed
 from .ledger import ledger_path, utc_text
-from .portfolio import backtest_agent, benchmark, common_range, load_bot_data, load_data, policy_for
+from .portfolio import backtest_agent, load_bot_data, load_data, policy_for
 from .timeframes import cut, plan
 from .trader import Trader, TraderLock, account_config, book_from_fills, paper_settings, trading_keys
 
 # %% auto #0
-__all__ = ['replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity', 'status', 'status_text',
-           'stop_trader', 'reset_stop', 'start', 'paper_parser', 'cli_paper']
+__all__ = ['replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity', 'buy_and_hold_curve',
+           'status_of', 'status', 'status_text', 'stop_trader', 'reset_stop', 'start', 'paper_parser', 'cli_paper']
 
 # %% ../nbs/12b_paper.ipynb #386c000a
 def replay_range(
@@ -143,14 +143,59 @@ def _holdings(r:dict)->tuple:
     book, pos = book_from_fills(list(zip(f.symbol.map(syms.index), f.units, f.price, f.fee)), r['account']['init_cash'], len(syms))
     return float(book[0]), float(book[1]), dict(zip(syms, map(float, pos)))
 
-def _buy_and_hold(a:dict, last:pd.Timestamp)->float|None:
-    "Buy-and-hold equity at the last bar: every market, equal weights, bought at the first bar's next open with the same costs."
+def buy_and_hold_curve(
+    a:dict,             # the account (`account`)
+    last:pd.Timestamp,  # the last bar processed
+)->pd.Series:           # equity bar by bar; empty before there are two bars
+    """Buy-and-hold beside the account: every market, equal weights, bought at the first bar's next open with the same costs.
+    `tbot.portfolio.benchmark`'s equity in its closed form, the same arithmetic in the same order (so the same bits), without the
+    statistics (and their numba compile) it also computes."""
     c = a['config']
     data = backtest_candles(c, last)
     frames = {s: data[(s, min((k[1] for k in data), key=timeframe_delta))] for s in c['symbols']} if c['bot_timeframes'] else data
     frames = {s: f[(f.index >= a['start']) & (f.index <= last)] for s, f in frames.items()}
-    if min(len(f) for f in frames.values()) < 2: return None
-    return float(benchmark(frames, c['fees'], c['slippage'], c['init_cash'], 'next_open').equity.iloc[-1])
+    if min(len(f) for f in frames.values()) < 2: return pd.Series(dtype='float64')
+    cash, fees, slip, parts = float(c['init_cash']) / len(frames), float(c['fees']), float(c['slippage']), []
+    for f in frames.values():   # `tbot.backtest.buy_and_hold`, fill next_open: all in at the second bar's open, slippage against, fee on top
+        size = cash / (1 + fees) / (float(f['open'].iloc[1]) * (1 + slip))
+        parts.append(pd.Series(np.r_[np.full(1, cash), size * f['close'].to_numpy('float64')[1:]], f.index))
+    return sum(parts).rename('equity')
+
+def _js(x): return json.loads(x) if isinstance(x, str) else x   # a bar's json column, parsed or not yet
+
+def status_of(
+    r:dict,                 # a record (`record`; bars' json columns parsed or not)
+    running:int|None,       # the pid of the trader holding the ledger, or None
+    bh:float|None,          # buy-and-hold equity at the last bar (`buy_and_hold_curve`)
+    n:int=5,                # how many recent decisions and problems to show
+)->dict:
+    "The fields of `status` from a record already read: one snapshot, so a caller that also draws the record counts the same bars."
+    a, bars, ev, c = r['account'], r['bars'], r['events'], r['account']['config']
+    cash, fees, units = _holdings(r)
+    out = {'mode': 'paper', 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
+           'running': running, 'since': str(a['start']), 'symbols': c['symbols'], 'init_cash': a['init_cash'],
+           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(r['fills']),
+           'fees_paid': fees, 'cash': cash, 'units': units, 'halted': None}
+    started = ev[ev.kind == 'started']
+    out['started'] = str(started['at'].iloc[-1]) if len(started) else None
+    if not len(bars): return out
+    last = bars.iloc[-1]
+    close = last.time + timeframe_delta(min((k[1] for k in c['keys']), key=timeframe_delta))
+    out.update({'last_bar': str(last.time), 'status': last.status, 'equity': float(last.equity), 'floor': float(_js(last.risk)[1]),
+                'return': float(last.equity / a['init_cash'] - 1), 'buy_and_hold': bh,
+                'lag_seconds': None if c['replay'] else round((pd.Timestamp.now(tz='UTC') - close).total_seconds(), 1),
+                **{k: _js(last[k]) for k in ('strategies', 'regimes', 'split', 'targets', 'prices')}})
+    if last.status == 'halted':
+        h = ev[ev.kind == 'halted'].iloc[-1]
+        pending = ev[(ev.kind == 'reset') & ev.applied.isna()]
+        out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
+                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)")}
+    out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
+    bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]
+    out['problems'] = [f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.detail}" for e in bad.tail(n).itertuples()]
+    lag = bars.lag.dropna()
+    out['lag_p50_ms'], out['lag_p99_ms'] = (round(float(np.percentile(lag, q)) * 1000, 1) if len(lag) else None for q in (50, 99))
+    return out
 
 def status(
     path:str|Path|None=None, # the ledger
@@ -161,33 +206,8 @@ def status(
     con = read_ledger(path)
     try: r = record(con)
     finally: con.close()
-    a, bars, ev, c = r['account'], r['bars'], r['events'], r['account']['config']
-    cash, fees, units = _holdings(r)
-    out = {'mode': 'paper', 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
-           'running': TraderLock(path).holder(), 'since': str(a['start']), 'symbols': c['symbols'], 'init_cash': a['init_cash'],
-           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(r['fills']),
-           'fees_paid': fees, 'cash': cash, 'units': units, 'halted': None}
-    started = ev[ev.kind == 'started']
-    out['started'] = str(started['at'].iloc[-1]) if len(started) else None
-    if not len(bars): return out
-    last = bars.iloc[-1]
-    risk = json.loads(last.risk)
-    close = last.time + timeframe_delta(min((k[1] for k in c['keys']), key=timeframe_delta))
-    out.update({'last_bar': str(last.time), 'status': last.status, 'equity': float(last.equity), 'floor': float(risk[1]),
-                'return': float(last.equity / a['init_cash'] - 1), 'buy_and_hold': _buy_and_hold(a, last.time),
-                'lag_seconds': None if c['replay'] else round((pd.Timestamp.now(tz='UTC') - close).total_seconds(), 1),
-                'strategies': json.loads(last.strategies), 'regimes': json.loads(last.regimes), 'split': json.loads(last.split),
-                'targets': json.loads(last.targets), 'prices': json.loads(last.prices)})
-    if last.status == 'halted':
-        h = ev[ev.kind == 'halted'].iloc[-1]
-        pending = ev[(ev.kind == 'reset') & ev.applied.isna()]
-        out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
-                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)")}
-    out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
-    bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]
-    out['problems'] = [f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.detail}" for e in bad.tail(n).itertuples()]
-    out['lag_p50_ms'], out['lag_p99_ms'] = (round(float(np.percentile(bars.lag.dropna(), q)) * 1000, 1) for q in (50, 99))
-    return out
+    bh = buy_and_hold_curve(r['account'], r['bars'].time.iloc[-1]) if len(r['bars']) else pd.Series(dtype='float64')
+    return status_of(r, TraderLock(path).holder(), float(bh.iloc[-1]) if len(bh) else None, n)
 
 def status_text(o:dict)->str:
     "`status` for a human: the halt first."
