@@ -140,7 +140,7 @@ def banner(st:dict)->str:
     if st['stale']:
         why = 'the trader is not running' if not st['running'] else f"no heartbeat for {ago(st['heartbeat_age'])}"
         top += box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} ({heartbeat_said(st['heartbeat_age'])}); "
-                    f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot paper start ... --ledger {esc(led)}</code>")
+                    f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot {'live' if p.get('mode') == 'live' else 'paper'} start ... --ledger {esc(led)}</code>")
     if p.get('status') == 'paused': top += box(COLORS['paused'], '<b>PAUSED</b>: the daily loss limit was hit; trading resumes at the next UTC day.')
     bh = p.get('buy_and_hold')
     line = (f"<b>{synthetic_label(st)}{'LIVE' if p.get('mode') == 'live' else 'PAPER'}</b> {esc(', '.join(p['symbols']))} on {esc(p['source'])} · equity <b>{hook('tbot-equity', p['equity'], format(p['equity'], ',.2f'))}</b> "
@@ -267,13 +267,13 @@ def performance_figure(st:dict)->dict:
         b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy(); floor = np.array([r[1] for r in b.risk], dtype='float64')
         dd = eq / np.maximum.accumulate(eq) - 1
         k = display_index([eq, dd]); bh = st['buy_and_hold']
-        data = [_line(t[k], eq[k], 'paper equity', line={'color': '#1565c0'})]
+        data = [_line(t[k], eq[k], f"{st['config']['mode']} equity", line={'color': '#1565c0'})]
         if len(bh): kb = display_index([bh.to_numpy()]); data.append(_line(bh.index[kb], bh.to_numpy()[kb], 'buy-and-hold', line={'color': '#9e9e9e'}))
         data += [_line(t[k], floor[k], 'floor (portfolio stop)', line={'color': '#c62828', 'dash': 'dash'}),
                  _line(t[k], dd[k], 'drawdown', fill='tozeroy', line={'color': '#ef6c00'}, yaxis='y2')]
         note += '; ' + _drawn(k, len(b)) if len(k) < len(b) else ''
         if dd.min() > -1e-4: flat = {'range': [-0.01, 0.001]}   # no drawdown yet: a flat line at 0, not an axis of +-100%
-    return figure(data, f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor", 460, note,
+    return figure(data, f"{synthetic_label(st)}{'LIVE' if (st.get('config') or {}).get('mode') == 'live' else 'Paper'} equity against buy-and-hold and the floor", 460, note,
                   yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}, **flat}, xaxis={'anchor': 'y2'})
 
 def performance_table(st:dict)->str:

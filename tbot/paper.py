@@ -178,7 +178,7 @@ def status_of(
     cash, fees, units = _holdings(r)
     out = {'mode': c['mode'], 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
            'running': running, 'since': str(a['start']), 'symbols': c['symbols'], 'init_cash': a['init_cash'],
-           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(r['fills']),
+           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}" if c['mode'] != 'live' else f"the exchange's fills and fees (LIMIT IOC at most {c['slippage']:.3%} from the price)", 'bars': len(bars), 'fills': len(r['fills']),
            'fees_paid': fees, 'cash': cash, 'units': units, 'halted': None}
     started = ev[ev.kind == 'started']
     out['started'] = str(started['at'].iloc[-1]) if len(started) else None
