@@ -15,7 +15,7 @@ from .console import ArgParser
 from .data import load, store_synthetic
 from .ledger import ledger_path
 from .panels import COLORS, banner, box, esc, figure, heartbeat, heartbeat_said, hook, package_dir
-from .paper import account, buy_and_hold_curve, read_ledger, status_of
+from .paper import ACCOUNT_ORDER, account, buy_and_hold_curve, read_ledger, status_of
 from .portfolio import policy_for
 
 # %% auto #0
@@ -27,7 +27,7 @@ __all__ = ['LEDGER_ENV', 'STALE_AFTER', 'VERSION_SQL', 'JSON_COLS', 'TABS', 'CSS
 LEDGER_ENV = 'TBOT_DASHBOARD_LEDGER'  # the ledger `tbot dashboard` hands to the page's kernel
 STALE_AFTER = 60.0                     # seconds without a heartbeat after which a running trader counts as stale
 VERSION_SQL = ("SELECT COALESCE((SELECT MAX(n) + 1 FROM bars WHERE account = a.id), 0) + COALESCE((SELECT MAX(id) FROM events WHERE account = a.id), 0) "
-               "FROM accounts a WHERE a.mode = 'paper'")   # two index lookups (bars by (account, n), events by id): no table scan
+               f"FROM accounts a {ACCOUNT_ORDER}")   # two index lookups (bars by (account, n), events by id): no table scan
 
 def ledger_version(
     path:str|Path, # the ledger
@@ -83,16 +83,16 @@ def dashboard_state(
     "Read the ledger (read-only, one snapshot) and the trader's heartbeat: the whole state the page shows."
     path = Path(path or ledger_path())
     st = {'ledger': str(path), 'read_at': pd.Timestamp.now(tz='UTC'), **pulse(path, stale_after)}
-    try: con = read_ledger(path)
+    try: con = read_ledger(path, None)   # the ledger's live account, else its paper one
     except TbotError as e: return {**st, 'status': 'empty', 'why': str(e), 'synthetic': False}
     try:
         con.execute('BEGIN')   # one read transaction: the version, the bars and the fills all come from the same commit
         st['version'] = int(con.execute(VERSION_SQL).fetchone()[0])
-        r = read_record(con, account(con), (prev or {}).get('record'))
+        r = read_record(con, account(con, None), (prev or {}).get('record'))
     finally: con.close()
     a = r['account']; c = a['config']; b = r['bars']
     st.update(record=r, config=c, synthetic=c['exchange'] == 'synthetic' or any(x.startswith('SYN') for x in c['symbols']))
-    if not len(b): return {**st, 'paper': status_of(r, st['running'], None), 'status': 'empty', 'why': 'the paper account has processed no bar yet'}
+    if not len(b): return {**st, 'paper': status_of(r, st['running'], None), 'status': 'empty', 'why': f"the {c['mode']} account has processed no bar yet"}
     key = (a['id'], b.time.iloc[-1])   # buy-and-hold is computed again only when a new bar came
     st['buy_and_hold'] = prev['buy_and_hold'] if prev and prev.get('bh_key') == key else buy_and_hold_curve(a, b.time.iloc[-1])
     bh = st['buy_and_hold']

@@ -16,12 +16,12 @@ from .ledger import Ledger
 from .trader import TraderLock
 
 # %% auto #0
-__all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'heartbeat', 'synthetic_label', 'esc', 'hook', 'html_table',
-           'heartbeat_said', 'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table', 'split_figure',
-           'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table',
-           'fills_table', 'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix',
-           'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel', 'package_dir', 'git_commit',
-           'deployment_panel']
+__all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'LIVE_ASSUMPTIONS', 'heartbeat', 'synthetic_label', 'esc', 'hook',
+           'html_table', 'heartbeat_said', 'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table',
+           'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table',
+           'positions_table', 'fills_table', 'performance_figure', 'performance_table', 'risk_rows', 'risk_panel',
+           'research_matrix', 'strategy_record', 'data_rows', 'data_panel', 'health_rows', 'health_panel',
+           'package_dir', 'git_commit', 'deployment_panel']
 
 # %% ../nbs/13a_panels.ipynb #877094bf
 START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
@@ -134,15 +134,16 @@ def banner(st:dict)->str:
         return box(COLORS['empty'], body + f"<small>{hooks}</small><span style='display:none'>{nums}</span>")
     top = ''
     if p.get('halted'):
-        top += box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>{esc(p['halted']['text'].removeprefix('HALTED '))}</b><br>No new entries until a human resets the stop:"
-                    f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {esc(led)}</pre>")
+        top += box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>{esc(p['halted']['text'].removeprefix('HALTED '))}</b><br>No new entries until a human lifts it:"
+                    f"<pre>{esc(p['halted'].get('lift', 'tbot paper reset-stop --by NAME --reason TEXT'))} --ledger {esc(led)}</pre>")
+    if p.get('reducing'): top += box(COLORS['paused'], f"<b style='font-size:18px'>{esc(p['reducing'])}</b>: the live broker only sells, then halts.")
     if st['stale']:
         why = 'the trader is not running' if not st['running'] else f"no heartbeat for {ago(st['heartbeat_age'])}"
         top += box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} ({heartbeat_said(st['heartbeat_age'])}); "
-                    f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot paper start ... --ledger {esc(led)}</code>")
+                    f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot {'live' if p.get('mode') == 'live' else 'paper'} start ... --ledger {esc(led)}</code>")
     if p.get('status') == 'paused': top += box(COLORS['paused'], '<b>PAUSED</b>: the daily loss limit was hit; trading resumes at the next UTC day.')
     bh = p.get('buy_and_hold')
-    line = (f"<b>{synthetic_label(st)}PAPER</b> {esc(', '.join(p['symbols']))} on {esc(p['source'])} · equity <b>{hook('tbot-equity', p['equity'], format(p['equity'], ',.2f'))}</b> "
+    line = (f"<b>{synthetic_label(st)}{'LIVE' if p.get('mode') == 'live' else 'PAPER'}</b> {esc(', '.join(p['symbols']))} on {esc(p['source'])} · equity <b>{hook('tbot-equity', p['equity'], format(p['equity'], ',.2f'))}</b> "
             f"({p['return']:+.2%}) against buy-and-hold {hook('tbot-buy-and-hold', bh, 'n/a' if bh is None else format(bh, ',.2f'))} and the floor "
             f"{hook('tbot-floor', p['floor'], format(p['floor'], ',.2f'))} · {hook('tbot-fills', p['fills'])} fills, fees {p['fees_paid']:,.2f} · last bar "
             f"{hook('tbot-last-bar', p['last_bar'], p['last_bar'][:16])} UTC ({hook('tbot-bars', p['bars'])} bars) · {esc(p['costs'])}")
@@ -255,6 +256,9 @@ def fills_table(st:dict, n:int=20)->str:
 ASSUMPTIONS = ("PAPER trading: no real order was sent. Fills follow the backtest's model: {fill} at the next bar's open, fees {fees:.3%} and "
                "slippage {slippage:.3%} on every fill, Binance's amount steps and minimum order. Buy-and-hold: every market, equal weights, the same costs. "
                "These are live (not research) results; past results promise nothing.")
+LIVE_ASSUMPTIONS = ("LIVE trading with real money on {exchange}: every fill and fee is the exchange's, from LIMIT IOC orders priced at most "
+                    "{slippage:.3%} from the price then. Buy-and-hold: every market, equal weights, the backtest's costs (fees {fees:.3%}, slippage {slippage:.3%}). "
+                    "Past results promise nothing.")
 
 def performance_figure(st:dict)->dict:
     "Equity against buy-and-hold and the 95% floor, and the drawdown below."
@@ -263,13 +267,13 @@ def performance_figure(st:dict)->dict:
         b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy(); floor = np.array([r[1] for r in b.risk], dtype='float64')
         dd = eq / np.maximum.accumulate(eq) - 1
         k = display_index([eq, dd]); bh = st['buy_and_hold']
-        data = [_line(t[k], eq[k], 'paper equity', line={'color': '#1565c0'})]
+        data = [_line(t[k], eq[k], f"{st['config']['mode']} equity", line={'color': '#1565c0'})]
         if len(bh): kb = display_index([bh.to_numpy()]); data.append(_line(bh.index[kb], bh.to_numpy()[kb], 'buy-and-hold', line={'color': '#9e9e9e'}))
         data += [_line(t[k], floor[k], 'floor (portfolio stop)', line={'color': '#c62828', 'dash': 'dash'}),
                  _line(t[k], dd[k], 'drawdown', fill='tozeroy', line={'color': '#ef6c00'}, yaxis='y2')]
         note += '; ' + _drawn(k, len(b)) if len(k) < len(b) else ''
         if dd.min() > -1e-4: flat = {'range': [-0.01, 0.001]}   # no drawdown yet: a flat line at 0, not an axis of +-100%
-    return figure(data, f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor", 460, note,
+    return figure(data, f"{synthetic_label(st)}{'LIVE' if (st.get('config') or {}).get('mode') == 'live' else 'Paper'} equity against buy-and-hold and the floor", 460, note,
                   yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}, **flat}, xaxis={'anchor': 'y2'})
 
 def performance_table(st:dict)->str:
@@ -282,7 +286,7 @@ def performance_table(st:dict)->str:
     parts = [html_table(head, title=f'{synthetic_label(st)}Performance')]
     for k, what in (('symbol', 'market'), ('regime', 'regime'), ('bot', 'bot (approx.)'), ('strategy', 'strategy (approx.)')):
         parts.append(f"<div>{html_table([{what: i, 'P&L': v} for i, v in at[k].items()], title=f'P&L by {what}')}</div>")
-    return parts[0] + f"<div class='tbot-row'>{''.join(parts[1:])}</div><p><small>{esc(ASSUMPTIONS.format(**c))}</small></p>"
+    return parts[0] + f"<div class='tbot-row'>{''.join(parts[1:])}</div><p><small>{esc((LIVE_ASSUMPTIONS if c['mode'] == 'live' else ASSUMPTIONS).format(**c))}</small></p>"
 
 # %% ../nbs/13a_panels.ipynb #3013b26c
 def risk_rows(st:dict)->list[dict]:
@@ -417,6 +421,6 @@ def deployment_panel(st:dict)->str:
     starts = ev[ev.kind == 'started']
     up = ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'
     rows += [{'what': 'settings hash', 'value': hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12] + ' (the account configuration, stored at the first start)'},
-             {'what': 'uptime', 'value': up}, {'what': 'mode', 'value': f"{synthetic_label(st)}paper, {st['paper']['source']}"}]
+             {'what': 'uptime', 'value': up}, {'what': 'mode', 'value': f"{synthetic_label(st)}{st['config']['mode'].upper() if st['config']['mode'] == 'live' else 'paper'}, {st['paper']['source']}"}]
     hist = ev[ev.kind.isin(['started', 'stopped', 'finished', 'recovered', 'error', 'reset'])].tail(20).iloc[::-1]
     return html_table(rows, title='Deployment') + html_table([{'at': e.at, 'event': e.kind, 'detail': e.detail} for e in hist.itertuples()], 'no start yet', 'Start and stop history')

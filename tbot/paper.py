@@ -20,8 +20,9 @@ from .timeframes import cut, plan
 from .trader import Trader, TraderLock, account_config, book_from_fills, paper_settings, trading_keys
 
 # %% auto #0
-__all__ = ['replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity', 'buy_and_hold_curve',
-           'status_of', 'status', 'status_text', 'stop_trader', 'reset_stop', 'start', 'paper_parser', 'cli_paper']
+__all__ = ['ACCOUNT_ORDER', 'replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity',
+           'buy_and_hold_curve', 'status_of', 'status', 'status_text', 'stop_trader', 'reset_stop', 'start',
+           'paper_parser', 'cli_paper']
 
 # %% ../nbs/12b_paper.ipynb #386c000a
 def replay_range(
@@ -43,6 +44,7 @@ def replay_range(
 # %% ../nbs/12b_paper.ipynb #8d2b6847
 def read_ledger(
     path:str|Path|None=None, # the ledger; `<data_dir>/ledger.sqlite` when None
+    mode:str|None='paper',   # the account it must hold; None: any (a paper or a live one)
 )->sqlite3.Connection:       # read-only
     "Open a ledger for reading only; refuse a missing one or one with no paper account."
     path = Path(path or ledger_path())
@@ -50,13 +52,15 @@ def read_ledger(
     con = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=30)
     try: has = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'accounts'").fetchone()
     except sqlite3.DatabaseError as e: con.close(); raise TbotError(f"ledger {path}: {e}") from None
-    if not has or not con.execute("SELECT 1 FROM accounts WHERE mode = 'paper'").fetchone():
-        con.close(); raise TbotError(f"the ledger {path} has no paper account: no paper trader has run there (`tbot paper start`)")
+    if not has or not con.execute("SELECT 1 FROM accounts WHERE mode = COALESCE(?, mode)", (mode,)).fetchone():
+        con.close(); raise TbotError(f"the ledger {path} has no {mode or 'trading'} account: no {mode or ''}{' ' if mode else ''}trader has run there (`tbot {mode or 'paper'} start`)")
     return con
 
-def account(con:sqlite3.Connection, mode:str='paper')->dict:
-    "The account row: id, start, init_cash and its configuration."
-    i, start, cash, cfg = con.execute('SELECT id, start, init_cash, config FROM accounts WHERE mode = ?', (mode,)).fetchone()
+ACCOUNT_ORDER = "ORDER BY a.mode = 'live' DESC, a.id LIMIT 1"   # with mode None: a ledger's live account before its paper one
+
+def account(con:sqlite3.Connection, mode:str|None='paper')->dict:
+    "The account row: id, start, init_cash and its configuration (with `mode` None: the live account, else the paper one)."
+    i, start, cash, cfg = con.execute(f'SELECT id, start, init_cash, config FROM accounts a WHERE mode = COALESCE(?, mode) {ACCOUNT_ORDER}', (mode,)).fetchone()
     return {'id': i, 'start': pd.Timestamp(start), 'init_cash': cash, 'config': json.loads(cfg)}
 
 def last_bar(path:str|Path, mode:str='paper')->pd.Timestamp|None:
@@ -172,9 +176,9 @@ def status_of(
     "The fields of `status` from a record already read: one snapshot, so a caller that also draws the record counts the same bars."
     a, bars, ev, c = r['account'], r['bars'], r['events'], r['account']['config']
     cash, fees, units = _holdings(r)
-    out = {'mode': 'paper', 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
+    out = {'mode': c['mode'], 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
            'running': running, 'since': str(a['start']), 'symbols': c['symbols'], 'init_cash': a['init_cash'],
-           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(r['fills']),
+           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}" if c['mode'] != 'live' else f"the exchange's fills and fees (LIMIT IOC at most {c['slippage']:.3%} from the price)", 'bars': len(bars), 'fills': len(r['fills']),
            'fees_paid': fees, 'cash': cash, 'units': units, 'halted': None}
     started = ev[ev.kind == 'started']
     out['started'] = str(started['at'].iloc[-1]) if len(started) else None
@@ -189,7 +193,15 @@ def status_of(
         h = ev[ev.kind == 'halted'].iloc[-1]
         pending = ev[(ev.kind == 'reset') & ev.applied.isna()]
         out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
-                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)")}
+                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)"),
+                         'lift': 'tbot paper reset-stop --by NAME --reason TEXT'}
+    risk = ev[ev.kind.isin(['live_halt', 'live_reducing', 'live_resume'])]   # a live account's own risk state (`tbot.broker`)
+    if len(risk) and risk.kind.iloc[-1] != 'live_resume':
+        h = risk.iloc[-1]; when = f"{h['at']:%Y-%m-%d %H:%M} UTC"
+        if h.kind == 'live_reducing': out['reducing'] = f"REDUCING (exits only) since {when}: {h.detail}"
+        elif not out['halted']:
+            out['status'], out['halted'] = 'halted', {'time': str(h['at']), 'reason': h.detail, 'reset_pending': False, 'lift': 'tbot live resume --by NAME --reason TEXT',
+                                                      'text': f"HALTED since {when}: {h.detail} (`tbot live resume --by NAME --reason TEXT` lifts it once its cause is gone)"}
     out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
     bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]
     out['problems'] = [f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.detail}" for e in bad.tail(n).itertuples()]

@@ -71,7 +71,7 @@ def session(tmp_path):
 def tbot(env, *args, cwd=None)->subprocess.CompletedProcess:
     return subprocess.run([TBOT, *args], env=env, capture_output=True, text=True, timeout=180, cwd=cwd)
 
-def test_a_live_session_trades_within_its_caps_halts_on_request_and_ends_on_the_exchange_balance(session):
+def test_a_live_session_trades_within_its_caps_halts_on_request_and_ends_on_the_exchange_balance(session, monkeypatch):
     home, env, fake = session
     ledger = home / 'data' / 'ledger.sqlite'
     proc = subprocess.Popen([TBOT, 'live', 'start', '--timeframe', '1m'], env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -116,3 +116,13 @@ def test_a_live_session_trades_within_its_caps_halts_on_request_and_ends_on_the_
     assert secret_in(out + err, secrets) is None and not re.search(r'signature=[0-9a-f]{8}', out + err)
     assert find_secrets(home, secrets) == []
     for f in (p for p in home.rglob('*') if p.is_file()): assert not re.search(rb'signature=[0-9a-f]{8}', f.read_bytes()), f
+    # the dashboard shows the live account as it is: LIVE, halted first, and how to lift it
+    from tbot import dashboard, panels
+    for k in ('TBOT_SETTINGS', 'TBOT_DATA_DIR', 'TBOT_REPORTS_DIR'): monkeypatch.setenv(k, env[k])   # this process reads what the trader wrote
+    st = dashboard.dashboard_state(ledger)
+    assert (st['status'], st['config']['mode'], st['paper']['mode']) == ('halted', 'live', 'live'), st.get('why')
+    b = panels.banner(st)
+    assert b.index('HALTED') < b.index('LIVE</b>') and 'kill switch: halt requested by alice' in b and f'tbot live resume --by NAME --reason TEXT --ledger {ledger}' in b
+    drawn = dashboard.draw_all(st)
+    assert any('LIVE trading with real money on binance' in str(v) for v in drawn.values()) and not any('PAPER trading' in str(v) for v in drawn.values())
+    assert not [n for n, v in drawn.items() if 'could not be drawn' in str(v)]
