@@ -17,12 +17,12 @@ from .data import timeframe_delta
 from .exchange import Exchange, OrderRejected, OrderOutcomeUnknown
 from .ledger import utc_text
 from .feed import LiveFeed
-from .live import RiskState, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
+from .live import RISK_EVENTS, RISK_STATE_OF, RiskState, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
 from .risk import ACTIVE, HALTED, PAUSED, stop_new_bar, stop_check, stop_end_bar, step_nb
 from .trader import Trader, TraderLock, account_config, book_from_fills, order_id, paper_settings, trading_keys
 
 # %% auto #0
-__all__ = ['LIVE_STATES', 'UNSETTLED', 'RISK_EVENTS', 'price_cap', 'plan_order', 'LiveBroker', 'account_lock', 'run_live']
+__all__ = ['LIVE_STATES', 'UNSETTLED', 'price_cap', 'plan_order', 'LiveBroker', 'account_lock', 'run_live']
 
 # %% ../nbs/12c_broker.ipynb #54cd1b53
 def _snap(x:float)->float: return float(f"{x:.12g}")   # a kernel amount a hair under a lot step is that step, not the one below
@@ -138,8 +138,6 @@ def _set(self:LiveBroker, tr, oid:str, state:str, **cols):
 def frozen(self:LiveBroker, tr)->set:
     "Symbols with an order whose outcome is not known yet: nothing more is sent for them."
     return {r[0] for r in tr.con.execute(f"SELECT DISTINCT symbol FROM live_orders WHERE account = ? AND state IN {UNSETTLED}", (tr.account,))}
-
-RISK_EVENTS = {'active': 'live_resume', 'reducing': 'live_reducing', 'halted': 'live_halt'}   # the ledger's record of each risk state
 
 @patch
 def _risk_to(self:LiveBroker, tr, risk:RiskState):
@@ -341,7 +339,7 @@ def attach(self:LiveBroker, tr):
     for s in tr.symbols:
         if s not in self.ex.client.markets: raise TbotError(f"{self.ex.id} has no market {s}")
     r = tr.con.execute(f"SELECT kind, detail FROM events WHERE account = ? AND kind IN {tuple(RISK_EVENTS.values())} ORDER BY id DESC LIMIT 1", (tr.account,)).fetchone()
-    self.risk = RiskState({v: k for k, v in RISK_EVENTS.items()}[r[0]], r[1]) if r else RiskState()
+    self.risk = RiskState(RISK_STATE_OF[r[0]], r[1]) if r else RiskState()
     _tx(tr.con, ("UPDATE live_orders SET state = 'cancelled', done = ?, detail = 'never sent: the trader stopped before sending' WHERE account = ? AND state = 'planned'", (_now(), tr.account)),
         ("UPDATE orders SET status = 'cancelled' WHERE account = ? AND status = 'planned'", (tr.account,)))
     if self._baseline(tr) is None:
@@ -397,18 +395,21 @@ def kill(self:LiveBroker, tr)->str|None:
     if self.kill_file is not None and self.kill_file.exists():
         why = self.kill_file.read_text(errors='replace').strip()[:200] if self.kill_file.is_file() else ''
         return f"the kill file {self.kill_file} exists" + (f" ({why})" if why else '')
-    req = kill_requests(tr.con, tr.account)
-    if not req: return None
-    _tx(tr.con, *(('UPDATE events SET applied = ? WHERE id = ?', (_now(), r['id'])) for r in req))
-    return req[-1]['detail']
+    req = self.take(tr, 'kill')
+    return req[-1]['detail'] if req else None
+
+@patch
+def take(self:LiveBroker, tr, kind:str)->list[dict]:
+    "The `kill` or `resume` requests recorded since the last look, marked applied in one transaction."
+    req = kill_requests(tr.con, tr.account, kind=kind)
+    if req: _tx(tr.con, *(('UPDATE events SET applied = ? WHERE id = ?', (_now(), r['id'])) for r in req))
+    return req
 
 @patch
 def step(self:LiveBroker, tr, b, t:int, out)->tuple:
     "A closed bar, live: reconcile, mark at the close, check the stop there and the kill switch (flattening through the exchange)."
-    req = kill_requests(tr.con, tr.account, kind='resume')   # a human's, recorded by `tbot live resume`
-    if req:
-        _tx(tr.con, *(('UPDATE events SET applied = ? WHERE id = ?', (_now(), r['id'])) for r in req))
-        self.resume(tr, f"{req[-1]['by']} ({req[-1]['reason']})")   # what halted it, if it is still there, puts it back below
+    req = self.take(tr, 'resume')   # a human's, recorded by `tbot live resume`
+    if req: self.resume(tr, f"{req[-1]['by']} ({req[-1]['reason']})")   # what halted it, if it is still there, puts it back below
     if self.halted is None:
         diffs = self.reconcile(tr)
         if diffs:
@@ -510,9 +511,6 @@ def run_live(
     if pid: raise TbotError(f"another live trader (pid {pid}) places orders on this {ex.id} account: one process per account")
     secrets = live_secrets(s)
     with lock:
-        tr = Trader(feed, cfg, ledger, pol, broker=broker)
-        record = tr.event
-        tr.event = lambda kind, detail='', time=None, **data: record(kind, scrub(detail, secrets), time=time, **data)   # nothing secret reaches the ledger
-        tr.open()
+        tr = Trader(feed, cfg, ledger, pol, broker=broker, redact=lambda text: scrub(text, secrets)).open()   # nothing secret reaches the ledger
         try: return tr.run(stop)
         finally: tr.close()

@@ -19,10 +19,10 @@ from .ledger import ledger_path, utc_text
 from .trader import TraderLock
 
 # %% auto #0
-__all__ = ['RISK_STATES', 'BROKER', 'live_settings', 'scrub', 'live_secrets', 'scrubbed', 'live_exchange', 'Check', 'preflight',
-           'preflight_text', 'caps', 'spent', 'RiskState', 'risk_step', 'allows', 'live_account', 'kill_requests',
-           'kill_switch', 'request_halt', 'status', 'status_text', 'run', 'check_can_start', 'start', 'live_parser',
-           'cli_live']
+__all__ = ['RISK_STATES', 'RISK_EVENTS', 'RISK_STATE_OF', 'BROKER', 'live_settings', 'scrub', 'live_secrets', 'scrubbed',
+           'live_exchange', 'Check', 'preflight', 'preflight_text', 'caps', 'spent', 'RiskState', 'risk_step', 'allows',
+           'live_account', 'kill_requests', 'kill_switch', 'request_halt', 'status', 'status_text', 'run',
+           'check_can_start', 'start', 'live_parser', 'cli_live']
 
 # %% ../nbs/12d_live.ipynb #f3411e98
 def _flag(v, what:str)->bool:
@@ -206,6 +206,8 @@ def spent(
 
 # %% ../nbs/12d_live.ipynb #031032be
 RISK_STATES = ('active', 'reducing', 'halted')
+RISK_EVENTS = {'active': 'live_resume', 'reducing': 'live_reducing', 'halted': 'live_halt'}   # the ledger's record of each risk state
+RISK_STATE_OF = {v: k for k, v in RISK_EVENTS.items()}   # and back
 
 @dataclass(frozen=True)
 class RiskState:
@@ -328,8 +330,8 @@ def status(
         if last: out['last_bar'] = {'time': last[0], 'equity': last[1], 'status': last[2]}
         ev = con.execute('SELECT at, kind, detail FROM events WHERE account = ? ORDER BY id DESC LIMIT ?', (acct, n)).fetchall()
         out['events'] = [f"{at[:19]} {k}: {d}" for at, k, d in reversed(ev)]
-        r = con.execute("SELECT at, kind, detail FROM events WHERE account = ? AND kind IN ('live_halt', 'live_reducing', 'live_resume') ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
-        out['risk'] = {'state': {'live_halt': 'halted', 'live_reducing': 'reducing', 'live_resume': 'active'}[r[1]], 'since': r[0], 'reason': r[2]} if r else {'state': 'active'}
+        r = con.execute(f"SELECT at, kind, detail FROM events WHERE account = ? AND kind IN {tuple(RISK_EVENTS.values())} ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
+        out['risk'] = {'state': RISK_STATE_OF[r[1]], 'since': r[0], 'reason': r[2]} if r else {'state': 'active'}
         if out['risk']['state'] == 'halted': out['halted'] = f"since {r[0][:19]} UTC: {r[2]}"
         elif last and last[2] == 'halted':
             h = con.execute("SELECT at, detail FROM events WHERE account = ? AND kind = 'halted' ORDER BY id DESC LIMIT 1", (acct,)).fetchone()

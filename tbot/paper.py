@@ -15,6 +15,7 @@ from .data import timeframe_delta
 from .exchange import Exchange, ExchangeFailed, connect as exchange_connect
 from .feed import LiveFeed, ReplayFeed
 from .ledger import ledger_path, utc_text
+from .live import RISK_EVENTS
 from .portfolio import backtest_agent, load_bot_data, load_data, policy_for
 from .timeframes import cut, plan
 from .trader import Trader, TraderLock, account_config, book_from_fills, paper_settings, trading_keys
@@ -195,10 +196,10 @@ def status_of(
         out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
                          'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)"),
                          'lift': 'tbot paper reset-stop --by NAME --reason TEXT'}
-    risk = ev[ev.kind.isin(['live_halt', 'live_reducing', 'live_resume'])]   # a live account's own risk state (`tbot.broker`)
-    if len(risk) and risk.kind.iloc[-1] != 'live_resume':
+    risk = ev[ev.kind.isin(list(RISK_EVENTS.values()))]   # a live account's own risk state (`tbot.broker`)
+    if len(risk) and risk.kind.iloc[-1] != RISK_EVENTS['active']:
         h = risk.iloc[-1]; when = f"{h['at']:%Y-%m-%d %H:%M} UTC"
-        if h.kind == 'live_reducing': out['reducing'] = f"REDUCING (exits only) since {when}: {h.detail}"
+        if h.kind == RISK_EVENTS['reducing']: out['reducing'] = f"REDUCING (exits only) since {when}: {h.detail}"
         elif not out['halted']:
             out['status'], out['halted'] = 'halted', {'time': str(h['at']), 'reason': h.detail, 'reset_pending': False, 'lift': 'tbot live resume --by NAME --reason TEXT',
                                                       'text': f"HALTED since {when}: {h.detail} (`tbot live resume --by NAME --reason TEXT` lifts it once its cause is gone)"}

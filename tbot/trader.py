@@ -147,9 +147,10 @@ class Trader:
                  policy:Policy|None=None,  # the bots; `load_policy()` when None
                  on_bar=None,              # called after each committed bar with its row (a dict)
                  broker=None,              # what fills the orders: `PaperBroker()` when None, or a `tbot.broker.LiveBroker`
+                 redact=None,              # makes an event's text safe to store (live: the keys and signatures out); as is when None
                 ):
         self.feed, self.config, self.policy, self.on_bar = feed, config, policy or load_policy(), on_bar
-        self.broker = broker or PaperBroker()
+        self.broker, self.redact = broker or PaperBroker(), redact
         self.ledger = Path(ledger or ledger_path())
         self.symbols, self.start = config['symbols'], parse_time(config['start'], 'start')
         self.tx_delay = float(os.environ.get('TBOT_TEST_TX_DELAY', 0) or 0)   # tests: widen the bar transaction so a kill lands inside it
@@ -227,7 +228,8 @@ def plan_data(self:Trader, hist:dict)->dict:
 def event(self:Trader, kind:str, detail:str='', time=None, **data):
     "Record one event in its own transaction."
     self.con.execute('INSERT INTO events (account, at, time, kind, detail, data) VALUES (?, ?, ?, ?, ?, ?)',
-                     (self.account, utc_text(pd.Timestamp.now(tz='UTC')), utc_text(time), kind, detail, json.dumps(data, default=str)))
+                     (self.account, utc_text(pd.Timestamp.now(tz='UTC')), utc_text(time), kind, self.redact(detail) if self.redact else detail,
+                      json.dumps(data, default=str)))
 
 # %% ../nbs/12_trader.ipynb #6bc9f9b3
 def _js(x)->str: return json.dumps(x, separators=(',', ':'))
