@@ -13,6 +13,7 @@ from . import __version__
 from .config import TbotError
 from .data import load, quality_report, timeframe_delta
 from .ledger import Ledger
+from .live import RISK_EVENTS
 from .trader import TraderLock
 
 # %% auto #0
@@ -134,7 +135,7 @@ def banner(st:dict)->str:
         return box(COLORS['empty'], body + f"<small>{hooks}</small><span style='display:none'>{nums}</span>")
     top = ''
     if p.get('halted'):
-        top += box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>{esc(p['halted']['text'].removeprefix('HALTED '))}</b><br>No new entries until a human lifts it:"
+        top += box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>since {esc(p['halted']['time'][:16])} UTC: {esc(p['halted']['reason'])}</b><br>No new entries until a human lifts it:"
                     f"<pre>{esc(p['halted'].get('lift', 'tbot paper reset-stop --by NAME --reason TEXT'))} --ledger {esc(led)}</pre>")
     if p.get('reducing'): top += box(COLORS['paused'], f"<b style='font-size:18px'>{esc(p['reducing'])}</b>: the live broker only sells, then halts.")
     if st['stale']:
@@ -242,7 +243,7 @@ def positions_table(st:dict)->str:
             if abs(held) < 1e-12: held, cost = 0.0, 0.0
         entry, mark = cost / u, p['prices'][s]
         rows.append({'market': s, 'units': u, 'entry (avg)': entry, 'mark': mark, 'value': u * mark, 'unrealised P&L': u * (mark - entry), 'P&L %': f"{mark / entry - 1:+.2%}"})
-    return html_table(rows, f"no open position; cash {p['cash']:,.2f}", f'{synthetic_label(st)}Open positions (paper)') + f"<p>Cash {p['cash']:,.2f}</p>"
+    return html_table(rows, 'no open position', f"{synthetic_label(st)}Open positions ({st['config']['mode']})") + f"<p>Cash {p['cash']:,.2f}</p>"
 
 def fills_table(st:dict, n:int=20)->str:
     "The latest fills with their fees, newest first."
@@ -308,10 +309,11 @@ def risk_panel(st:dict)->str:
     p, ev = st['paper'], st['record']['events']
     state = p['status'].upper()
     if p.get('halted'):
-        top = box(COLORS['halted'], f"<b style='font-size:22px'>HALTED</b><br><b>{esc(p['halted']['text'])}</b><br>To reset it (a human decision, recorded with who and why):"
-                   f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {esc(st['ledger'])}</pre>")
+        h = p['halted']
+        top = box(COLORS['halted'], f"<b style='font-size:22px'>HALTED</b><br><b>since {esc(h['time'][:16])} UTC: {esc(h['reason'])}</b><br>To lift it (a human decision, recorded with who and why):"
+                   f"<pre>{esc(h.get('lift', 'tbot paper reset-stop --by NAME --reason TEXT'))} --ledger {esc(st['ledger'])}</pre>")
     else: top = box(COLORS[p['status']], f"<b style='font-size:18px'>{state}</b>: the portfolio stop has not fired" + (' (paused for the day by the daily limit)' if p['status'] == 'paused' else ''))
-    risk_ev = ev[ev.kind.isin(['halted', 'paused', 'resumed', 'reset'])].tail(10).iloc[::-1]
+    risk_ev = ev[ev.kind.isin(['halted', 'paused', 'resumed', 'reset', 'kill', 'resume', *RISK_EVENTS.values()])].tail(10).iloc[::-1]   # the live account's own too
     return (top + html_table(risk_rows(st), title=f'{synthetic_label(st)}Limits') +
             html_table([{'at': e.time if pd.notna(e.time) else e.at, 'event': e.kind, 'detail': e.detail} for e in risk_ev.itertuples()], 'no stop, pause or reset so far', 'Stop history'))
 
