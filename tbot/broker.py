@@ -18,7 +18,7 @@ from .exchange import Exchange, OrderRejected, OrderOutcomeUnknown
 from .ledger import utc_text
 from .feed import LiveFeed
 from .live import RISK_EVENTS, RISK_STATE_OF, RiskState, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
-from .risk import ACTIVE, HALTED, PAUSED, stop_new_bar, stop_check, stop_end_bar, step_nb
+from .risk import ACTIVE, HALTED, PAUSED, cushion_cap, stop_new_bar, stop_check, stop_end_bar, step_nb
 from .trader import Trader, TraderLock, account_config, book_from_fills, order_id, paper_settings, trading_keys
 
 # %% auto #0
@@ -433,6 +433,7 @@ def step(self:LiveBroker, tr, b, t:int, out)->tuple:
         if self.flat(tr): self._risk_to(tr, risk_step(self.risk, True))   # flat: halted, for the same reason
     was = s[0]
     st = stop_end_bar(s, eq)
+    s[9] = cushion_cap(s, eq)   # slot 9, the risk budget's cap in force, as `step_nb` records it: the next rebalance is planned under it
     if was != HALTED and st == HALTED: fired = HALTED
     return 0, eq, st, -1.0, fired, resumed, [], []
 

@@ -198,10 +198,10 @@ def status_of(
                          'lift': 'tbot paper reset-stop --by NAME --reason TEXT'}
     risk = ev[ev.kind.isin(list(RISK_EVENTS.values()))]   # a live account's own risk state (`tbot.broker`)
     if len(risk) and risk.kind.iloc[-1] != RISK_EVENTS['active']:
-        h = risk.iloc[-1]; when = f"{h['at']:%Y-%m-%d %H:%M} UTC"
+        h = risk.iloc[-1]; at = h['time'] if pd.notna(h['time']) else h['at']; when = f"{at:%Y-%m-%d %H:%M} UTC"   # the bar, as the paper stop's
         if h.kind == RISK_EVENTS['reducing']: out['reducing'] = f"REDUCING (exits only) since {when}: {h.detail}"
         elif not out['halted']:
-            out['status'], out['halted'] = 'halted', {'time': str(h['at']), 'reason': h.detail, 'reset_pending': False, 'lift': 'tbot live resume --by NAME --reason TEXT',
+            out['status'], out['halted'] = 'halted', {'time': str(at), 'reason': h.detail, 'reset_pending': False, 'lift': 'tbot live resume --by NAME --reason TEXT',
                                                       'text': f"HALTED since {when}: {h.detail} (`tbot live resume --by NAME --reason TEXT` lifts it once its cause is gone)"}
     out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
     bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]

@@ -126,4 +126,5 @@ def test_a_live_session_trades_within_its_caps_halts_on_request_and_ends_on_the_
     drawn = dashboard.draw_all(st)
     assert any('LIVE trading with real money on binance' in str(v) for v in drawn.values()) and not any('PAPER trading' in str(v) for v in drawn.values())
     assert not [n for n, v in drawn.items() if 'could not be drawn' in str(v)]
+    assert 'inf%' not in drawn['risk_panel'] and 'risk budget (cushion cap)' in drawn['risk_panel']   # the live broker records the budget's cap too
     assert f'tbot live resume --by NAME --reason TEXT --ledger {ledger}' in drawn['risk_panel'] and 'live_halt' in drawn['risk_panel'], drawn['risk_panel']
