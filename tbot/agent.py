@@ -384,14 +384,8 @@ def plan(
 
 
 # %% ../nbs/07_agent.ipynb #e41c20e9
-def _since(codes:np.ndarray, t:int)->int:
-    "The first bar of the regime run that bar t is in."
-    i = t
-    while i > 0 and codes[i - 1] == codes[t]: i -= 1
-    return i
-
 def _run_starts(codes:np.ndarray)->np.ndarray:
-    "For every bar, the first bar of the regime run it is in (`_since` for all bars at once)."
+    "For every bar, the first bar of the regime run it is in."
     n = np.arange(len(codes))
     return np.maximum.accumulate(np.where(np.r_[True, codes[1:] != codes[:-1]], n, 0)) if len(codes) else n
 
@@ -405,7 +399,6 @@ def decision_log(
     rows = []
     codes = {s: regime_codes(p.regimes[s]) for s in p.symbols}
     prim = codes[p.symbols[0]]
-    B, S = len(p.policy.bots), len(p.symbols)
     ch, sc, best = p.choice, p.score, p.best
     switched = np.zeros(ch.shape, np.bool_); switched[0] = ch[0] >= 0; switched[1:] = (ch[1:] != ch[:-1]) & (ch[1:] >= 0)
     new_regime = np.r_[True, prim[1:] != prim[:-1]]
@@ -445,7 +438,7 @@ def decide(
                                 'weight': float(p.weights[(bot.name, sym)].iloc[t])}
                           for s, sym in enumerate(p.symbols) if (bot.name, sym) in p.weights.columns}
     codes = {s: regime_codes(p.regimes[s]) for s in p.symbols}
-    regimes = {s: {'regime': REGIMES[c[t]] if c[t] >= 0 else None, 'since': str(p.index[_since(c, t)])} for s, c in codes.items()}
+    regimes = {s: {'regime': REGIMES[c[t]] if c[t] >= 0 else None, 'since': str(p.index[_run_starts(c)[t]])} for s, c in codes.items()}
     return {'time': str(p.index[t]), 'regimes': regimes, 'split': dict(zip(p.policy.bot_names, map(float, p.split.iloc[t]))),
             'bots': bots, 'targets': {s: float(p.target[s].iloc[t]) for s in p.symbols}}
 

@@ -26,6 +26,7 @@ COMMANDS = {  # name: (module, function, one-line help)
     'report':      ('tbot.reports', 'cli_report', 'run research notebooks with papermill into reports/'),
     'schedule':    ('tbot.schedule', 'cli_schedule', 'run the scheduled jobs of settings.ini'),
     'paper':       ('tbot.paper', 'cli_paper', 'paper trading: the agent bar by bar on live or replayed candles'),
+    'live':        ('tbot.live', 'cli_live', 'live trading on Binance, off unless switched on: preflight, start, status, halt'),
     'dashboard':   ('tbot.dashboard', 'cli_dashboard', 'the live paper-trading dashboard (voila, read-only, localhost with a token)'),
     'config':      ('tbot.params', 'cli_config', 'which settings file is in force; where the store, ledger and reports are'),
     'health':      ('tbot.health', 'cli_health', 'one health report (trader, candles, scheduler, exchange, machine); exit 1 when unhealthy'),

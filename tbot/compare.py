@@ -8,9 +8,9 @@ Docs: https://tbot-dev.github.io/tbot/compare.html.md"""
 from __future__ import annotations
 import numpy as np, pandas as pd
 from .backtest import compute_stats
-from . import agent, risk
+from . import risk
 from .agent import Plan
-from .timeframes import bot_frames, closed_asof, take_rows
+from .timeframes import closed_asof, take_rows
 
 
 # %% auto #0

@@ -8,28 +8,27 @@ Docs: https://tbot-dev.github.io/tbot/dashboard.html.md"""
 from __future__ import annotations
 import ipaddress, json, os, secrets, signal, socket, sqlite3, subprocess, sys, threading, time, webbrowser
 from pathlib import Path
-import numpy as np, pandas as pd
+import pandas as pd
 from . import panels
 from .config import TbotError, check_number, settings
 from .console import ArgParser
-from .data import load, store_synthetic, timeframe_delta
+from .data import load, store_synthetic
 from .ledger import ledger_path
-from .panels import COLORS, ago, banner, box, esc, figure, heartbeat, hook, package_dir
-from .paper import account, backtest_candles, find_ledgers, read_ledger
+from .panels import COLORS, banner, box, esc, figure, heartbeat, heartbeat_said, hook, package_dir
+from .paper import ACCOUNT_ORDER, account, buy_and_hold_curve, find_ledgers, read_ledger, status_of
 from .portfolio import policy_for
-from .trader import book_from_fills
 
 # %% auto #0
 __all__ = ['LEDGER_ENV', 'STALE_AFTER', 'VERSION_SQL', 'JSON_COLS', 'TABS', 'CSS', 'RESCAN', 'FIGURE_GAP', 'POOL_FILL_DELAY',
-           'NICE', 'ledger_version', 'pulse', 'read_record', 'paper_status', 'dashboard_state', 'panel', 'draw_all',
-           'timer_widget', 'Board', 'dashboard_notebook', 'voila_command', 'check_address', 'dashboard_parser',
-           'cli_dashboard', 'demo_plan']
+           'NICE', 'ledger_version', 'pulse', 'read_record', 'dashboard_state', 'panel', 'draw_all', 'timer_widget',
+           'Board', 'dashboard_notebook', 'voila_command', 'check_address', 'dashboard_parser', 'cli_dashboard',
+           'demo_plan']
 
 # %% ../nbs/13_dashboard.ipynb #62bf1ee8
 LEDGER_ENV = 'TBOT_DASHBOARD_LEDGER'  # the ledger `tbot dashboard` hands to the page's kernel
 STALE_AFTER = 60.0                     # seconds without a heartbeat after which a running trader counts as stale
 VERSION_SQL = ("SELECT COALESCE((SELECT MAX(n) + 1 FROM bars WHERE account = a.id), 0) + COALESCE((SELECT MAX(id) FROM events WHERE account = a.id), 0) "
-               "FROM accounts a WHERE a.mode = 'paper'")   # two index lookups (bars by (account, n), events by id): no table scan
+               f"FROM accounts a {ACCOUNT_ORDER}")   # two index lookups (bars by (account, n), events by id): no table scan
 
 def ledger_version(
     path:str|Path, # the ledger
@@ -77,56 +76,6 @@ def read_record(
         out[k] = f if old is None or not len(old) else old if not len(f) else pd.concat([old, f], ignore_index=True)
     return out
 
-def _bh_curve(a:dict, last:pd.Timestamp)->pd.Series:
-    """Buy-and-hold equity bar by bar: every market, equal weights, bought at the first bar's next open with the same costs (as `status`).
-    `tbot.portfolio.benchmark`'s equity in its closed form, the same arithmetic in the same order (so the same bits), without the
-    statistics it also computes: their numba compile cost the page's kernel 1.3 s and 55 MB."""
-    c = a['config']
-    data = backtest_candles(c, last)
-    frames = {s: data[(s, min((k[1] for k in data), key=timeframe_delta))] for s in c['symbols']} if c['bot_timeframes'] else data
-    frames = {s: f[(f.index >= a['start']) & (f.index <= last)] for s, f in frames.items()}
-    if min(len(f) for f in frames.values()) < 2: return pd.Series(dtype='float64')
-    cash, fees, slip, parts = float(c['init_cash']) / len(frames), float(c['fees']), float(c['slippage']), []
-    for f in frames.values():   # `tbot.backtest.buy_and_hold`, fill next_open: all in at the second bar's open, slippage against, fee on top
-        size = cash / (1 + fees) / (float(f['open'].iloc[1]) * (1 + slip))
-        parts.append(pd.Series(np.r_[np.full(1, cash), size * f['close'].to_numpy('float64')[1:]], f.index))
-    return sum(parts).rename('equity')
-
-def paper_status(
-    r:dict,        # a record (`read_record`)
-    running,       # the pid of the trader holding the ledger, or None
-    bh:pd.Series,  # the buy-and-hold curve (`_bh_curve`)
-    n:int=5,       # how many recent decisions and problems
-)->dict:           # the fields of `tbot paper status --json`
-    "What `tbot.paper.status` says, from a record already read (one snapshot: the banner and every tab count the same bars)."
-    a, bars, ev, c, f = r['account'], r['bars'], r['events'], r['account']['config'], r['fills']
-    syms = c['symbols']
-    book, pos = book_from_fills(list(zip(f.symbol.map(syms.index), f.units, f.price, f.fee)), a['init_cash'], len(syms))
-    out = {'mode': 'paper', 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
-           'running': running, 'since': str(a['start']), 'symbols': syms, 'init_cash': a['init_cash'],
-           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(f),
-           'fees_paid': float(book[1]), 'cash': float(book[0]), 'units': dict(zip(syms, map(float, pos))), 'halted': None}
-    started = ev[ev.kind == 'started']
-    out['started'] = str(started['at'].iloc[-1]) if len(started) else None
-    if not len(bars): return out
-    last = bars.iloc[-1]
-    close = last.time + timeframe_delta(min((k[1] for k in c['keys']), key=timeframe_delta))
-    out.update({'last_bar': str(last.time), 'status': last.status, 'equity': float(last.equity), 'floor': float(last.risk[1]),
-                'return': float(last.equity / a['init_cash'] - 1), 'buy_and_hold': float(bh.iloc[-1]) if len(bh) else None,
-                'lag_seconds': None if c['replay'] else round((pd.Timestamp.now(tz='UTC') - close).total_seconds(), 1),
-                'strategies': last.strategies, 'regimes': last.regimes, 'split': last.split, 'targets': last.targets, 'prices': last.prices})
-    if last.status == 'halted':
-        h = ev[ev.kind == 'halted'].iloc[-1]
-        pending = ev[(ev.kind == 'reset') & ev.applied.isna()]
-        out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
-                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)")}
-    out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
-    bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]
-    out['problems'] = [f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.detail}" for e in bad.tail(n).itertuples()]
-    lag = bars.lag.dropna()
-    out['lag_p50_ms'], out['lag_p99_ms'] = (round(float(np.percentile(lag, q)) * 1000, 1) if len(lag) else None for q in (50, 99))
-    return out
-
 def dashboard_state(
     path:str|Path|None=None,        # the ledger; `<data_dir>/ledger.sqlite` when None
     stale_after:float=STALE_AFTER,  # heartbeat age (s) after which the page says stale
@@ -135,19 +84,20 @@ def dashboard_state(
     "Read the ledger (read-only, one snapshot) and the trader's heartbeat: the whole state the page shows."
     path = Path(path or ledger_path())
     st = {'ledger': str(path), 'read_at': pd.Timestamp.now(tz='UTC'), **pulse(path, stale_after)}
-    try: con = read_ledger(path)
+    try: con = read_ledger(path, None)   # the ledger's live account, else its paper one
     except TbotError as e: return {**st, 'status': 'empty', 'why': str(e), 'synthetic': False}
     try:
         con.execute('BEGIN')   # one read transaction: the version, the bars and the fills all come from the same commit
         st['version'] = int(con.execute(VERSION_SQL).fetchone()[0])
-        r = read_record(con, account(con), (prev or {}).get('record'))
+        r = read_record(con, account(con, None), (prev or {}).get('record'))
     finally: con.close()
     a = r['account']; c = a['config']; b = r['bars']
     st.update(record=r, config=c, synthetic=c['exchange'] == 'synthetic' or any(x.startswith('SYN') for x in c['symbols']))
-    if not len(b): return {**st, 'paper': paper_status(r, st['running'], pd.Series(dtype='float64')), 'status': 'empty', 'why': 'the paper account has processed no bar yet'}
+    if not len(b): return {**st, 'paper': status_of(r, st['running'], None), 'status': 'empty', 'why': f"the {c['mode']} account has processed no bar yet"}
     key = (a['id'], b.time.iloc[-1])   # buy-and-hold is computed again only when a new bar came
-    st['buy_and_hold'] = prev['buy_and_hold'] if prev and prev.get('bh_key') == key else _bh_curve(a, b.time.iloc[-1])
-    st['bh_key'], st['paper'] = key, paper_status(r, st['running'], st['buy_and_hold'])
+    st['buy_and_hold'] = prev['buy_and_hold'] if prev and prev.get('bh_key') == key else buy_and_hold_curve(a, b.time.iloc[-1])
+    bh = st['buy_and_hold']
+    st['bh_key'], st['paper'] = key, status_of(r, st['running'], float(bh.iloc[-1]) if len(bh) else None)
     s = st['paper']
     st['status'] = 'halted' if s['status'] == 'halted' else 'stale' if st['stale'] else s['status']
     return st
@@ -162,7 +112,7 @@ def panel(n:str, st:dict):
     try: return getattr(panels, n)(st)   # the panels live in `tbot.panels`
     except Exception as e:
         why = f"this panel could not be drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return figure([], why[:200]) if n.endswith('_figure') else box(COLORS['paused'], esc(why))
+        return figure([], why[:200], empty='could not be drawn') if n.endswith('_figure') else box(COLORS['paused'], esc(why))
 
 def draw_all(st:dict)->dict:
     "Every panel of the page from one state: name -> HTML or figure."
@@ -262,7 +212,7 @@ class Board:
             self.draws += 1
         elif self.state['stale']: self.top.value = banner({**self.state, 'heartbeat_age': pu['heartbeat_age']})   # the age it says goes on (sent only when it changed)
         self.draw_tab()   # nothing when the tab in view shows this state already
-        self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · heartbeat {ago(pu['heartbeat_age'])} ago · drawn {self.draws} times, last at "
+        self.foot.value = (f"<small>tick {hook('tbot-tick', self.timer.tick)} · {heartbeat_said(pu['heartbeat_age'])} · drawn {self.draws} times, last at "
                            f"{pd.Timestamp.now(tz='UTC'):%H:%M:%S} UTC · read-only view of {esc(self.path)}: nothing on this page changes the trader</small>")
         return drew
 
@@ -300,7 +250,7 @@ def voila_command(nb:Path, port:int, ip:str, token:str, cull_idle:int=120, cull_
     return [sys.executable, '-m', 'voila', str(nb), '--no-browser', f'--port={port}', f'--Voila.ip={ip}', '--Voila.port_retries=0', f'--token={token}',
             '--show_tracebacks=False', '--VoilaConfiguration.strip_sources=True', '--Voila.log_level=WARN',
             f'--MappingKernelManager.cull_interval={cull_interval}', f'--MappingKernelManager.cull_idle_timeout={cull_idle}',
-            *([f'--preheat_kernel=True', '--pool_size=1', f'--VoilaKernelManager.fill_delay={POOL_FILL_DELAY}'] if preheat else [])]
+            *(['--preheat_kernel=True', '--pool_size=1', f'--VoilaKernelManager.fill_delay={POOL_FILL_DELAY}'] if preheat else [])]
 
 def check_address(ip:str, port)->tuple:
     "Refuse a bad --port or --ip, or one already in use, in one line; say whether the address is local."

@@ -16,6 +16,7 @@ from .data import stored_series, timeframe_delta
 from .deploy import deployments, short_commit
 from .exchange import Exchange, connect
 from .ledger import ledger_path
+from .live import RISK_EVENTS
 from .paper import account, read_ledger
 from .params import secret_values, withhold
 from .schedule import last_started, load_jobs, missed, read_log, schedule_dir
@@ -58,16 +59,18 @@ def trader_health(
     beat = round(now.timestamp() - lock.path.stat().st_mtime, 1) if lock.path.exists() else None
     out = {'ledger': str(path), 'running': pid, 'heartbeat_age': beat, 'last_bar': None, 'lag_bars': None, 'status': None,
            'halted': None, 'live': None, 'keys': []}
-    try: con = read_ledger(path)
+    try: con = read_ledger(path, None)   # a ledger's live account before its paper one, as the dashboard
     except TbotError as e:
         out['checks'] = [_check('trader', False, str(e))]; return out
     try:
-        a = account(con)
+        a = account(con, None)
         last = con.execute('SELECT time, status FROM bars WHERE account = ? ORDER BY time DESC LIMIT 1', (a['id'],)).fetchone()
         halt = con.execute("SELECT time, detail FROM events WHERE account = ? AND kind = 'halted' ORDER BY id DESC LIMIT 1", (a['id'],)).fetchone()
+        risk = con.execute(f"SELECT kind, COALESCE(time, at), detail FROM events WHERE account = ? AND kind IN (?, ?, ?) ORDER BY id DESC LIMIT 1",
+                           (a['id'], *RISK_EVENTS.values())).fetchone()   # a live account's risk state (`tbot.broker`)
     finally: con.close()
     c = a['config']
-    out.update(live=not c['replay'], keys=[tuple(k) for k in c['keys']])
+    out.update(live=not c['replay'], keys=[tuple(k) for k in c['keys']], mode=c['mode'])
     step = timeframe_delta(min((k[1] for k in c['keys']), key=timeframe_delta))
     checks = [_check('trader', bool(pid), f"running (pid {pid})" if pid else "not running: no process holds the trader lock")]
     if pid: checks.append(_check('heartbeat', beat is not None and beat <= th['heartbeat_max'],
@@ -81,7 +84,13 @@ def trader_health(
         if last[1] == 'halted':
             out['halted'] = {'time': halt[0] if halt else None, 'reason': halt[1] if halt else ''}
             checks.append(_check('stop', False if th['halt_unhealthy'] else None, f"HALTED: {out['halted']['reason']} (a human reset is needed)"))
-        else: checks.append(_check('stop', True, 'the daily loss limit paused trading until the next UTC day' if last[1] == 'paused' else 'no stop has fired'))
+        elif not risk or risk[0] == RISK_EVENTS['active']:
+            checks.append(_check('stop', True, 'the daily loss limit paused trading until the next UTC day' if last[1] == 'paused' else 'no stop has fired'))
+    if risk and risk[0] == RISK_EVENTS['halted'] and not out['halted']:
+        out['halted'] = {'time': risk[1], 'reason': risk[2]}
+        checks.append(_check('stop', False if th['halt_unhealthy'] else None, f"LIVE HALTED: {risk[2]} (`tbot live resume` lifts it once its cause is gone)"))
+    elif risk and risk[0] == RISK_EVENTS['reducing']:
+        checks.append(_check('stop', None, f"LIVE REDUCING, exits only: {risk[2]}"))
     out['checks'] = checks
     return out
 
@@ -181,11 +190,11 @@ def exchange_health(
     "The exchange's reachability, latency and recent error rate, from a ping and the ledger's events."
     th, now = th or health_settings(), now or pd.Timestamp.now(tz='UTC')
     out = {'reachable': None, 'latency_ms': None, 'error': None, 'recent_errors': 0, 'unreachable_since': None, 'pinged': False}
-    try: con = read_ledger(path)
+    try: con = read_ledger(path, None)
     except TbotError: con = None
     if con is not None:
         try:
-            a = account(con)
+            a = account(con, None)
             since = (now - pd.Timedelta(seconds=th['error_window'])).strftime('%Y-%m-%dT%H:%M:%S')
             out['recent_errors'] = con.execute("SELECT COUNT(*) FROM events WHERE account = ? AND kind IN ('error', 'pause') AND at >= ?", (a['id'], since)).fetchone()[0]
             done = con.execute('SELECT MAX(done) FROM bars WHERE account = ?', (a['id'],)).fetchone()[0] or ''

@@ -101,6 +101,18 @@ MIGRATIONS = [  # append only: each entry is one schema version, a list of state
      "CREATE INDEX fills_by_time ON fills(account, time)",
      "CREATE INDEX trade_decisions_by_time ON trade_decisions(account, time)",
      "CREATE INDEX events_by_account ON events(account, kind, id)"],
+    # 5: live orders. One row per order sent to an exchange, written before it is sent (intent first), and its life there:
+    # planned -> sending -> acknowledged -> filled, cancelled, expired or rejected; or unknown -> settled. Fills say the asset
+    # their fee was paid in (NULL: the quote currency, as paper's)
+    ["""CREATE TABLE live_orders (
+        id TEXT PRIMARY KEY REFERENCES orders(id), account INTEGER NOT NULL REFERENCES accounts(id),
+        symbol TEXT NOT NULL, side TEXT NOT NULL, amount REAL NOT NULL, price REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('planned', 'sending', 'acknowledged', 'filled', 'cancelled', 'expired', 'rejected', 'unknown', 'settled')),
+        exchange_id TEXT, filled REAL NOT NULL DEFAULT 0, average REAL, fee REAL NOT NULL DEFAULT 0, fee_asset TEXT,
+        planned TEXT NOT NULL, sent TEXT, acknowledged TEXT, done TEXT,
+        request_ts INTEGER, recv_window INTEGER, not_found INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '')""",
+     "ALTER TABLE fills ADD COLUMN fee_asset TEXT",
+     "CREATE INDEX live_orders_by_state ON live_orders(account, state)"],
 ]
 KINDS = ['backtest', 'sweep', 'walkforward', 'agent', 'agent_walkforward', 'paper', 'live']  # what the newest schema accepts
 SCHEMA_VERSION = len(MIGRATIONS)

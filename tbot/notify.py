@@ -15,7 +15,7 @@ from .console import ArgParser, emit
 from .health import health_report
 from .ledger import ledger_path
 from .logs import get_logger
-from .paper import read_ledger, record, status
+from .paper import account, read_ledger, record, status
 from .params import secret_in, secret_values
 from .schedule import read_log
 
@@ -141,6 +141,8 @@ EVENT_MESSAGES = {  # event kind: (level, title)
     'resumed': ('info', 'trading resumed'), 'reset': ('info', 'the stop was reset by a human'), 'error': ('warning', 'trader error'),
     'pause': ('warning', 'the exchange paused our requests'), 'recovered': ('info', 'the trader caught up after a restart'),
     'reconcile_failed': ('failure', 'reconciliation failed'), 'order_unknown': ('failure', 'an order is stuck in an unknown state'),
+    'live_halt': ('failure', 'LIVE HALTED'), 'live_reducing': ('failure', 'LIVE REDUCING: exits only'), 'live_resume': ('warning', 'live trading resumed by a human'),
+    'capped': ('warning', 'a live buy was capped'), 'frozen': ('warning', "a symbol is frozen while an order's outcome is unknown"),
 }
 
 def event_message(
@@ -150,7 +152,7 @@ def event_message(
     "The message for one ledger event."
     if kind not in EVENT_MESSAGES: return None
     level, title = EVENT_MESSAGES[kind]
-    if kind == 'halted': title = f"HALTED: {detail}"
+    if kind in ('halted', 'live_halt', 'live_reducing'): title = f"{title.split(':')[0]}: {detail}"
     return {'kind': kind, 'level': level, 'title': f"tbot{' ' + who if who else ''}: {title}",
             'body': detail + (f" (bar {str(time)[:16]} UTC)" if time else '')}
 
@@ -212,13 +214,14 @@ def alarms(
     return out
 
 def daily_summary(ledger:Path, day:pd.Timestamp)->dict|None:
-    "The summary message of a paper account: equity against buy-and-hold and the floor, and the fills of `day` (UTC)."
-    try: o = status(ledger)
+    "The summary message of a ledger's account (the live one before the paper one): equity against buy-and-hold and the floor, and the fills of `day` (UTC)."
+    try:
+        con = read_ledger(ledger, None)
+        try: mode = account(con, None)['config']['mode']; f = record(con, mode)['fills']
+        finally: con.close()
+        o = status(ledger, mode=mode)
     except TbotError: return None
     if 'last_bar' not in o: return None
-    con = read_ledger(ledger)
-    try: f = record(con)['fills']
-    finally: con.close()
     f = f[(f.time >= day) & (f.time < day + pd.Timedelta('1d'))]
     bh = 'n/a' if o['buy_and_hold'] is None else f"{o['buy_and_hold']:,.2f}"
     lines = ([o['halted']['text']] if o.get('halted') else []) + [

@@ -15,15 +15,16 @@ from .data import load, quality_report, timeframe_delta
 from .deploy import deployments, git_commit, short_commit
 from .health import health_report
 from .ledger import Ledger
+from .live import RISK_EVENTS
 from .trader import TraderLock
 
 # %% auto #0
-__all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'HEALTH_EVERY', 'heartbeat', 'synthetic_label', 'esc', 'hook',
-           'html_table', 'ago', 'box', 'display_index', 'figure', 'banner', 'regimes_table', 'split_figure',
-           'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution', 'bots_table', 'positions_table',
-           'fills_table', 'performance_figure', 'performance_table', 'risk_rows', 'risk_panel', 'research_matrix',
-           'strategy_record', 'data_rows', 'data_panel', 'health_of', 'health_rows', 'health_panel', 'package_dir',
-           'deployment_panel']
+__all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'LIVE_ASSUMPTIONS', 'HEALTH_EVERY', 'heartbeat',
+           'synthetic_label', 'esc', 'hook', 'html_table', 'heartbeat_said', 'ago', 'box', 'display_index', 'figure',
+           'banner', 'regimes_table', 'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution',
+           'bots_table', 'positions_table', 'fills_table', 'performance_figure', 'performance_table', 'risk_rows',
+           'risk_panel', 'research_matrix', 'strategy_record', 'data_rows', 'data_panel', 'health_of', 'health_rows',
+           'health_panel', 'package_dir', 'deployment_panel']
 
 # %% ../nbs/13a_panels.ipynb #877094bf
 START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
@@ -67,6 +68,12 @@ def _fmt(v)->str:
     if isinstance(v, pd.Timestamp): return f"{v:%Y-%m-%d %H:%M}"
     return str(v)
 
+def heartbeat_said(
+    age:float|None, # seconds since the trader's last heartbeat; None: it never beat
+)->str:
+    "The heartbeat's age in words."
+    return 'no heartbeat recorded' if age is None else f"last heartbeat {ago(age)} ago"
+
 def ago(sec)->str:
     "A duration in seconds as people say it: 90 s, 5 min, 3.0 h, 2.5 days; None is never."
     if sec is None: return 'never'
@@ -103,8 +110,10 @@ def _x(t)->list:
 
 def _line(t, y, name:str, **kw)->dict: return {'type': 'scatter', 'mode': 'lines', 'x': _x(t), 'y': [None if v != v else float(v) for v in y], 'name': name, **kw}
 
-def figure(data:list, title:str, height:int=300, note:str='', **layout)->dict:
-    "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box."
+def figure(data:list, title:str, height:int=300, note:str='', empty:str='nothing to draw yet', **layout)->dict:
+    "A plotly figure as plain json (no `go.Figure`: its validation copies every point), as wide as its box; with no data, no axes but a line that says so."
+    if not data: layout = {**layout, 'xaxis': {'visible': False}, 'yaxis': {'visible': False},
+                           'annotations': [{'text': empty, 'showarrow': False, 'xref': 'paper', 'yref': 'paper', 'x': 0.5, 'y': 0.5}]}
     return {'data': data, 'layout': {'title': {'text': title + (f"<br><sup>{note}</sup>" if note else ''), 'x': 0.01, 'xanchor': 'left', 'font': {'size': 14}},
                                      'height': height, 'autosize': True, 'margin': {'l': 55, 'r': 15, 't': 60 if note else 40, 'b': 80},
                                      'legend': {'orientation': 'h', 'yref': 'container', 'y': 0, 'yanchor': 'bottom', 'x': 0}, **layout}}
@@ -128,15 +137,16 @@ def banner(st:dict)->str:
         return box(COLORS['empty'], body + f"<small>{hooks}</small><span style='display:none'>{nums}</span>")
     top = ''
     if p.get('halted'):
-        top += box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>{esc(p['halted']['text'].removeprefix('HALTED '))}</b><br>No new entries until a human resets the stop:"
-                    f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {esc(led)}</pre>")
+        top += box(COLORS['halted'], f"<b style='font-size:24px'>HALTED</b> <b>since {esc(p['halted']['time'][:16])} UTC: {esc(p['halted']['reason'])}</b><br>No new entries until a human lifts it:"
+                    f"<pre>{esc(p['halted'].get('lift', 'tbot paper reset-stop --by NAME --reason TEXT'))} --ledger {esc(led)}</pre>")
+    if p.get('reducing'): top += box(COLORS['paused'], f"<b style='font-size:18px'>{esc(p['reducing'])}</b>: the live broker only sells, then halts.")
     if st['stale']:
         why = 'the trader is not running' if not st['running'] else f"no heartbeat for {ago(st['heartbeat_age'])}"
-        top += box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} (last heartbeat {ago(st['heartbeat_age'])} ago); "
-                    f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot paper start ... --ledger {esc(led)}</code>")
+        top += box(COLORS['stale'], f"<b style='font-size:16px'>STALE</b>: {why} ({heartbeat_said(st['heartbeat_age'])}); "
+                    f"the figures are as of the last bar processed, {esc(p['last_bar'][:16])} UTC. Start it again: <code>tbot {'live' if p.get('mode') == 'live' else 'paper'} start ... --ledger {esc(led)}</code>")
     if p.get('status') == 'paused': top += box(COLORS['paused'], '<b>PAUSED</b>: the daily loss limit was hit; trading resumes at the next UTC day.')
     bh = p.get('buy_and_hold')
-    line = (f"<b>{synthetic_label(st)}PAPER</b> {esc(', '.join(p['symbols']))} on {esc(p['source'])} · equity <b>{hook('tbot-equity', p['equity'], format(p['equity'], ',.2f'))}</b> "
+    line = (f"<b>{synthetic_label(st)}{'LIVE' if p.get('mode') == 'live' else 'PAPER'}</b> {esc(', '.join(p['symbols']))} on {esc(p['source'])} · equity <b>{hook('tbot-equity', p['equity'], format(p['equity'], ',.2f'))}</b> "
             f"({p['return']:+.2%}) against buy-and-hold {hook('tbot-buy-and-hold', bh, 'n/a' if bh is None else format(bh, ',.2f'))} and the floor "
             f"{hook('tbot-floor', p['floor'], format(p['floor'], ',.2f'))} · {hook('tbot-fills', p['fills'])} fills, fees {p['fees_paid']:,.2f} · last bar "
             f"{hook('tbot-last-bar', p['last_bar'], p['last_bar'][:16])} UTC ({hook('tbot-bars', p['bars'])} bars) · {esc(p['costs'])}")
@@ -175,10 +185,11 @@ def decisions_table(st:dict, n:int=15)->str:
 
 def scores_table(st:dict)->str:
     "The candidate the agent chose per bot and market, with its score when chosen (the scores of the others are not recorded)."
-    if st['status'] == 'empty': return html_table([], 'no decision yet')
+    title = "Chosen candidates and their scores (the others' scores are not recorded)"
+    if st['status'] == 'empty': return html_table([], 'no strategy chosen yet', title)
     d = st['record']['decisions']; d = d[d.kind == 'strategy'].groupby(['bot', 'symbol']).tail(1)
     return html_table([{'bot': r.bot, 'market': r.symbol, 'chosen': r.strategy, 'score': r.score, 'regime': r.regime, 'since': r.time} for r in d.itertuples()],
-                      'no strategy chosen yet', "Chosen candidates and their scores (the others' scores are not recorded)")
+                      'no strategy chosen yet', title)
 
 # %% ../nbs/13a_panels.ipynb #c5c4359d
 def pnl_by_symbol(st:dict)->pd.DataFrame:
@@ -234,7 +245,7 @@ def positions_table(st:dict)->str:
             if abs(held) < 1e-12: held, cost = 0.0, 0.0
         entry, mark = cost / u, p['prices'][s]
         rows.append({'market': s, 'units': u, 'entry (avg)': entry, 'mark': mark, 'value': u * mark, 'unrealised P&L': u * (mark - entry), 'P&L %': f"{mark / entry - 1:+.2%}"})
-    return html_table(rows, f"no open position; cash {p['cash']:,.2f}", f'{synthetic_label(st)}Open positions (paper)') + f"<p>Cash {p['cash']:,.2f}</p>"
+    return html_table(rows, 'no open position', f"{synthetic_label(st)}Open positions ({st['config']['mode']})") + f"<p>Cash {p['cash']:,.2f}</p>"
 
 def fills_table(st:dict, n:int=20)->str:
     "The latest fills with their fees, newest first."
@@ -248,6 +259,9 @@ def fills_table(st:dict, n:int=20)->str:
 ASSUMPTIONS = ("PAPER trading: no real order was sent. Fills follow the backtest's model: {fill} at the next bar's open, fees {fees:.3%} and "
                "slippage {slippage:.3%} on every fill, Binance's amount steps and minimum order. Buy-and-hold: every market, equal weights, the same costs. "
                "These are live (not research) results; past results promise nothing.")
+LIVE_ASSUMPTIONS = ("LIVE trading with real money on {exchange}: every fill and fee is the exchange's, from LIMIT IOC orders priced at most "
+                    "{slippage:.3%} from the price then. Buy-and-hold: every market, equal weights, the backtest's costs (fees {fees:.3%}, slippage {slippage:.3%}). "
+                    "Past results promise nothing.")
 
 def performance_figure(st:dict)->dict:
     "Equity against buy-and-hold and the 95% floor, and the drawdown below."
@@ -256,13 +270,13 @@ def performance_figure(st:dict)->dict:
         b = st['record']['bars']; t = pd.DatetimeIndex(b.time); eq = b.equity.to_numpy(); floor = np.array([r[1] for r in b.risk], dtype='float64')
         dd = eq / np.maximum.accumulate(eq) - 1
         k = display_index([eq, dd]); bh = st['buy_and_hold']
-        data = [_line(t[k], eq[k], 'paper equity', line={'color': '#1565c0'})]
+        data = [_line(t[k], eq[k], f"{st['config']['mode']} equity", line={'color': '#1565c0'})]
         if len(bh): kb = display_index([bh.to_numpy()]); data.append(_line(bh.index[kb], bh.to_numpy()[kb], 'buy-and-hold', line={'color': '#9e9e9e'}))
         data += [_line(t[k], floor[k], 'floor (portfolio stop)', line={'color': '#c62828', 'dash': 'dash'}),
                  _line(t[k], dd[k], 'drawdown', fill='tozeroy', line={'color': '#ef6c00'}, yaxis='y2')]
         note += '; ' + _drawn(k, len(b)) if len(k) < len(b) else ''
         if dd.min() > -1e-4: flat = {'range': [-0.01, 0.001]}   # no drawdown yet: a flat line at 0, not an axis of +-100%
-    return figure(data, f"{synthetic_label(st)}Paper equity against buy-and-hold and the floor", 460, note,
+    return figure(data, f"{synthetic_label(st)}{'LIVE' if (st.get('config') or {}).get('mode') == 'live' else 'Paper'} equity against buy-and-hold and the floor", 460, note,
                   yaxis={'domain': [0.34, 1]}, yaxis2={'domain': [0, 0.24], 'tickformat': '.1%', 'title': {'text': 'drawdown'}, **flat}, xaxis={'anchor': 'y2'})
 
 def performance_table(st:dict)->str:
@@ -275,7 +289,7 @@ def performance_table(st:dict)->str:
     parts = [html_table(head, title=f'{synthetic_label(st)}Performance')]
     for k, what in (('symbol', 'market'), ('regime', 'regime'), ('bot', 'bot (approx.)'), ('strategy', 'strategy (approx.)')):
         parts.append(f"<div>{html_table([{what: i, 'P&L': v} for i, v in at[k].items()], title=f'P&L by {what}')}</div>")
-    return parts[0] + f"<div class='tbot-row'>{''.join(parts[1:])}</div><p><small>{esc(ASSUMPTIONS.format(**c))}</small></p>"
+    return parts[0] + f"<div class='tbot-row'>{''.join(parts[1:])}</div><p><small>{esc((LIVE_ASSUMPTIONS if c['mode'] == 'live' else ASSUMPTIONS).format(**c))}</small></p>"
 
 # %% ../nbs/13a_panels.ipynb #3013b26c
 def risk_rows(st:dict)->list[dict]:
@@ -297,10 +311,11 @@ def risk_panel(st:dict)->str:
     p, ev = st['paper'], st['record']['events']
     state = p['status'].upper()
     if p.get('halted'):
-        top = box(COLORS['halted'], f"<b style='font-size:22px'>HALTED</b><br><b>{esc(p['halted']['text'])}</b><br>To reset it (a human decision, recorded with who and why):"
-                   f"<pre>tbot paper reset-stop --by NAME --reason TEXT --ledger {esc(st['ledger'])}</pre>")
+        h = p['halted']
+        top = box(COLORS['halted'], f"<b style='font-size:22px'>HALTED</b><br><b>since {esc(h['time'][:16])} UTC: {esc(h['reason'])}</b><br>To lift it (a human decision, recorded with who and why):"
+                   f"<pre>{esc(h.get('lift', 'tbot paper reset-stop --by NAME --reason TEXT'))} --ledger {esc(st['ledger'])}</pre>")
     else: top = box(COLORS[p['status']], f"<b style='font-size:18px'>{state}</b>: the portfolio stop has not fired" + (' (paused for the day by the daily limit)' if p['status'] == 'paused' else ''))
-    risk_ev = ev[ev.kind.isin(['halted', 'paused', 'resumed', 'reset'])].tail(10).iloc[::-1]
+    risk_ev = ev[ev.kind.isin(['halted', 'paused', 'resumed', 'reset', 'kill', 'resume', *RISK_EVENTS.values()])].tail(10).iloc[::-1]   # the live account's own too
     return (top + html_table(risk_rows(st), title=f'{synthetic_label(st)}Limits') +
             html_table([{'at': e.time if pd.notna(e.time) else e.at, 'event': e.kind, 'detail': e.detail} for e in risk_ev.itertuples()], 'no stop, pause or reset so far', 'Stop history'))
 
@@ -389,11 +404,12 @@ def package_dir()->Path:
     return Path(importlib.util.find_spec('tbot').origin).resolve().parent
 
 def deployment_panel(st:dict)->str:
-    "What runs (this page's tbot and commit), the uptime, and the deployment history: every trader start with its version, commit, image and settings hash (`tbot.deploy.deployments`)."
+    "What runs (this page's tbot and commit), the mode, the uptime, and the deployment history: every trader start with its version, commit, image and settings hash (`tbot.deploy.deployments`)."
     rows = [{'what': 'this page', 'value': f"tbot {__version__} (commit {short_commit(git_commit())})"}, {'what': 'ledger', 'value': st['ledger']}]
     if st['status'] == 'empty' and 'record' not in st: return html_table(rows, title='Deployment')
     ev = st['record']['events']; starts = ev[ev.kind == 'started']
     rows.append({'what': 'uptime', 'value': ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'})
+    if 'config' in st: rows.append({'what': 'mode', 'value': f"{synthetic_label(st)}{'LIVE' if st['config']['mode'] == 'live' else 'paper'}, {st['paper']['source']}"})
     try: hist = deployments(st['ledger'])
     except TbotError: hist = []
     table = [{'started': r['at'][:19], 'mode': r['mode'], 'tbot': r['version'], 'commit': short_commit(r['commit']), 'image': r['image'] or '-',

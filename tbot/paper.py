@@ -10,20 +10,21 @@ import json, os, signal, sqlite3, threading, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from .config import TbotError, check_number, parse_time, settings
-from .console import ArgParser, emit, table
+from .console import ArgParser, emit
 from .data import timeframe_delta
 from .exchange import Exchange, ExchangeFailed, connect as exchange_connect
 from .feed import LiveFeed, ReplayFeed
 from .ledger import ledger_path, utc_text
+from .live import RISK_EVENTS
 from .logs import get_logger
-from .portfolio import backtest_agent, benchmark, common_range, load_bot_data, load_data, policy_for
+from .portfolio import backtest_agent, load_bot_data, load_data, policy_for
 from .timeframes import cut, plan
 from .trader import Trader, TraderLock, account_config, book_from_fills, paper_settings, trading_keys
 
 # %% auto #0
-__all__ = ['replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity', 'status', 'status_text',
-           'find_ledgers', 'status_all', 'status_all_text', 'stop_trader', 'reset_stop', 'start', 'paper_parser',
-           'cli_paper']
+__all__ = ['ACCOUNT_ORDER', 'replay_range', 'read_ledger', 'account', 'last_bar', 'record', 'backtest_candles', 'parity',
+           'buy_and_hold_curve', 'status_of', 'status', 'status_text', 'find_ledgers', 'status_all', 'status_all_text',
+           'stop_trader', 'reset_stop', 'start', 'paper_parser', 'cli_paper']
 
 # %% ../nbs/12b_paper.ipynb #386c000a
 def replay_range(
@@ -45,6 +46,7 @@ def replay_range(
 # %% ../nbs/12b_paper.ipynb #8d2b6847
 def read_ledger(
     path:str|Path|None=None, # the ledger; `<data_dir>/ledger.sqlite` when None
+    mode:str|None='paper',   # the account it must hold; None: any (a paper or a live one)
 )->sqlite3.Connection:       # read-only
     "Open a ledger for reading only; refuse a missing one or one with no paper account."
     path = Path(path or ledger_path())
@@ -52,13 +54,15 @@ def read_ledger(
     con = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=30)
     try: has = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'accounts'").fetchone()
     except sqlite3.DatabaseError as e: con.close(); raise TbotError(f"ledger {path}: {e}") from None
-    if not has or not con.execute("SELECT 1 FROM accounts WHERE mode = 'paper'").fetchone():
-        con.close(); raise TbotError(f"the ledger {path} has no paper account: no paper trader has run there (`tbot paper start`)")
+    if not has or not con.execute("SELECT 1 FROM accounts WHERE mode = COALESCE(?, mode)", (mode,)).fetchone():
+        con.close(); raise TbotError(f"the ledger {path} has no {mode or 'trading'} account: no {mode or ''}{' ' if mode else ''}trader has run there (`tbot {mode or 'paper'} start`)")
     return con
 
-def account(con:sqlite3.Connection, mode:str='paper')->dict:
-    "The account row: id, start, init_cash and its configuration."
-    i, start, cash, cfg = con.execute('SELECT id, start, init_cash, config FROM accounts WHERE mode = ?', (mode,)).fetchone()
+ACCOUNT_ORDER = "ORDER BY a.mode = 'live' DESC, a.id LIMIT 1"   # with mode None: a ledger's live account before its paper one
+
+def account(con:sqlite3.Connection, mode:str|None='paper')->dict:
+    "The account row: id, start, init_cash and its configuration (with `mode` None: the live account, else the paper one)."
+    i, start, cash, cfg = con.execute(f'SELECT id, start, init_cash, config FROM accounts a WHERE mode = COALESCE(?, mode) {ACCOUNT_ORDER}', (mode,)).fetchone()
     return {'id': i, 'start': pd.Timestamp(start), 'init_cash': cash, 'config': json.loads(cfg)}
 
 def last_bar(path:str|Path, mode:str='paper')->pd.Timestamp|None:
@@ -145,51 +149,80 @@ def _holdings(r:dict)->tuple:
     book, pos = book_from_fills(list(zip(f.symbol.map(syms.index), f.units, f.price, f.fee)), r['account']['init_cash'], len(syms))
     return float(book[0]), float(book[1]), dict(zip(syms, map(float, pos)))
 
-def _buy_and_hold(a:dict, last:pd.Timestamp)->float|None:
-    "Buy-and-hold equity at the last bar: every market, equal weights, bought at the first bar's next open with the same costs."
+def buy_and_hold_curve(
+    a:dict,             # the account (`account`)
+    last:pd.Timestamp,  # the last bar processed
+)->pd.Series:           # equity bar by bar; empty before there are two bars
+    """Buy-and-hold beside the account: every market, equal weights, bought at the first bar's next open with the same costs.
+    `tbot.portfolio.benchmark`'s equity in its closed form, the same arithmetic in the same order (so the same bits), without the
+    statistics (and their numba compile) it also computes."""
     c = a['config']
     data = backtest_candles(c, last)
     frames = {s: data[(s, min((k[1] for k in data), key=timeframe_delta))] for s in c['symbols']} if c['bot_timeframes'] else data
     frames = {s: f[(f.index >= a['start']) & (f.index <= last)] for s, f in frames.items()}
-    if min(len(f) for f in frames.values()) < 2: return None
-    return float(benchmark(frames, c['fees'], c['slippage'], c['init_cash'], 'next_open').equity.iloc[-1])
+    if min(len(f) for f in frames.values()) < 2: return pd.Series(dtype='float64')
+    cash, fees, slip, parts = float(c['init_cash']) / len(frames), float(c['fees']), float(c['slippage']), []
+    for f in frames.values():   # `tbot.backtest.buy_and_hold`, fill next_open: all in at the second bar's open, slippage against, fee on top
+        size = cash / (1 + fees) / (float(f['open'].iloc[1]) * (1 + slip))
+        parts.append(pd.Series(np.r_[np.full(1, cash), size * f['close'].to_numpy('float64')[1:]], f.index))
+    return sum(parts).rename('equity')
 
-def status(
-    path:str|Path|None=None, # the ledger
-    n:int=5,                 # how many recent decisions and problems to show
+def _js(x): return json.loads(x) if isinstance(x, str) else x   # a bar's json column, parsed or not yet
+
+def status_of(
+    r:dict,                 # a record (`record`; bars' json columns parsed or not)
+    running:int|None,       # the pid of the trader holding the ledger, or None
+    bh:float|None,          # buy-and-hold equity at the last bar (`buy_and_hold_curve`)
+    n:int=5,                # how many recent decisions and problems to show
 )->dict:
-    "The paper account now: running or not, halted or not, equity against buy-and-hold and the floor, positions, bots, decisions, problems."
-    path = Path(path or ledger_path())
-    con = read_ledger(path)
-    try: r = record(con)
-    finally: con.close()
+    "The fields of `status` from a record already read: one snapshot, so a caller that also draws the record counts the same bars."
     a, bars, ev, c = r['account'], r['bars'], r['events'], r['account']['config']
     cash, fees, units = _holdings(r)
-    out = {'mode': 'paper', 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
-           'running': TraderLock(path).holder(), 'since': str(a['start']), 'symbols': c['symbols'], 'init_cash': a['init_cash'],
-           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}", 'bars': len(bars), 'fills': len(r['fills']),
+    out = {'mode': c['mode'], 'source': f"replay {c['replay']['start'][:16]} .. {(c['replay']['end'] or 'the store end')[:16]}" if c['replay'] else f"live {c['exchange']} candles",
+           'running': running, 'since': str(a['start']), 'symbols': c['symbols'], 'init_cash': a['init_cash'],
+           'costs': f"fees {c['fees']:.3%}, slippage {c['slippage']:.3%}, fill {c['fill']}" if c['mode'] != 'live' else f"the exchange's fills and fees (LIMIT IOC at most {c['slippage']:.3%} from the price)", 'bars': len(bars), 'fills': len(r['fills']),
            'fees_paid': fees, 'cash': cash, 'units': units, 'halted': None}
     started = ev[ev.kind == 'started']
     out['started'] = str(started['at'].iloc[-1]) if len(started) else None
     if not len(bars): return out
     last = bars.iloc[-1]
-    risk = json.loads(last.risk)
     close = last.time + timeframe_delta(min((k[1] for k in c['keys']), key=timeframe_delta))
-    out.update({'last_bar': str(last.time), 'status': last.status, 'equity': float(last.equity), 'floor': float(risk[1]),
-                'return': float(last.equity / a['init_cash'] - 1), 'buy_and_hold': _buy_and_hold(a, last.time),
+    out.update({'last_bar': str(last.time), 'status': last.status, 'equity': float(last.equity), 'floor': float(_js(last.risk)[1]),
+                'return': float(last.equity / a['init_cash'] - 1), 'buy_and_hold': bh,
                 'lag_seconds': None if c['replay'] else round((pd.Timestamp.now(tz='UTC') - close).total_seconds(), 1),
-                'strategies': json.loads(last.strategies), 'regimes': json.loads(last.regimes), 'split': json.loads(last.split),
-                'targets': json.loads(last.targets), 'prices': json.loads(last.prices)})
+                **{k: _js(last[k]) for k in ('strategies', 'regimes', 'split', 'targets', 'prices')}})
     if last.status == 'halted':
         h = ev[ev.kind == 'halted'].iloc[-1]
         pending = ev[(ev.kind == 'reset') & ev.applied.isna()]
         out['halted'] = {'time': str(h.time), 'reason': h.detail, 'reset_pending': bool(len(pending)),
-                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)")}
+                         'text': f"HALTED since {h.time:%Y-%m-%d %H:%M} UTC: {h.detail}" + (" (a reset is recorded: it applies at the next bar)" if len(pending) else " (`tbot paper reset-stop --by NAME --reason TEXT` lifts it)"),
+                         'lift': 'tbot paper reset-stop --by NAME --reason TEXT'}
+    risk = ev[ev.kind.isin(list(RISK_EVENTS.values()))]   # a live account's own risk state (`tbot.broker`)
+    if len(risk) and risk.kind.iloc[-1] != RISK_EVENTS['active']:
+        h = risk.iloc[-1]; at = h['time'] if pd.notna(h['time']) else h['at']; when = f"{at:%Y-%m-%d %H:%M} UTC"   # the bar, as the paper stop's
+        if h.kind == RISK_EVENTS['reducing']: out['reducing'] = f"REDUCING (exits only) since {when}: {h.detail}"
+        elif not out['halted']:
+            out['status'], out['halted'] = 'halted', {'time': str(at), 'reason': h.detail, 'reset_pending': False, 'lift': 'tbot live resume --by NAME --reason TEXT',
+                                                      'text': f"HALTED since {when}: {h.detail} (`tbot live resume --by NAME --reason TEXT` lifts it once its cause is gone)"}
     out['decisions'] = [f"{d.time:%Y-%m-%d %H:%M} {d.reason}" for d in r['decisions'].tail(n).itertuples()]
     bad = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew'])]
     out['problems'] = [f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind}: {e.detail}" for e in bad.tail(n).itertuples()]
-    out['lag_p50_ms'], out['lag_p99_ms'] = (round(float(np.percentile(bars.lag.dropna(), q)) * 1000, 1) for q in (50, 99))
+    lag = bars.lag.dropna()
+    out['lag_p50_ms'], out['lag_p99_ms'] = (round(float(np.percentile(lag, q)) * 1000, 1) if len(lag) else None for q in (50, 99))
     return out
+
+def status(
+    path:str|Path|None=None, # the ledger
+    n:int=5,                 # how many recent decisions and problems to show
+    mode:str='paper',        # the account: 'paper' or 'live'
+)->dict:
+    "An account now (the paper one unless told): running or not, halted or not, equity against buy-and-hold and the floor, positions, bots, decisions, problems."
+    path = Path(path or ledger_path())
+    con = read_ledger(path, mode)
+    try: r = record(con, mode)
+    finally: con.close()
+    bh = buy_and_hold_curve(r['account'], r['bars'].time.iloc[-1]) if len(r['bars']) else pd.Series(dtype='float64')
+    return status_of(r, TraderLock(path).holder(), float(bh.iloc[-1]) if len(bh) else None, n)
 
 def status_text(o:dict)->str:
     "`status` for a human: the halt first."
@@ -233,28 +266,30 @@ def status_all(
     data_dir:str|Path|None=None, # searched recursively; settings' data_dir when None
     extra:list|None=None,        # more ledgers
 )->list[dict]:                   # per ledger: ledger, modes, halted, running, symbols, timeframe, source, last_bar, equity, buy_and_hold, ...
-    "`status` of every trader found, halted ones first; a ledger that cannot be read says why instead."
+    "`status` of every trading account found (a ledger's live one and its paper one each get a row), halted ones first; an account that cannot be read says why instead."
     out = []
     for p in find_ledgers(data_dir, extra):
-        row = {'ledger': str(p), 'modes': _accounts(p)}
-        try:
-            o, con = status(p, n=0), read_ledger(p)
-            try: c = account(con)['config']
-            finally: con.close()
-            row.update({k: o.get(k) for k in ('halted', 'running', 'symbols', 'source', 'status', 'last_bar', 'bars', 'init_cash', 'equity', 'return', 'buy_and_hold', 'fills')},
-                       timeframe='bot timeframes' if c['bot_timeframes'] else c['timeframe'], mode='paper', error=None)
-        except TbotError as e: row.update(halted=None, running=TraderLock(p).holder(), mode='/'.join(row['modes']), error=str(e))
-        out.append(row)
-    return sorted(out, key=lambda r: (r.get('halted') is None, r['ledger']))
+        modes = _accounts(p)
+        for m in dict.fromkeys(sorted(modes, key=lambda m: m != 'live')):   # live before paper, as the dashboard
+            row = {'ledger': str(p), 'modes': modes, 'mode': m}
+            try:
+                o, con = status(p, n=0, mode=m), read_ledger(p, m)
+                try: c = account(con, m)['config']
+                finally: con.close()
+                row.update({k: o.get(k) for k in ('halted', 'reducing', 'running', 'symbols', 'source', 'costs', 'status', 'last_bar', 'bars', 'init_cash', 'equity', 'return', 'buy_and_hold', 'fills')},
+                           timeframe='bot timeframes' if c['bot_timeframes'] else c['timeframe'], error=None)
+            except TbotError as e: row.update(halted=None, running=TraderLock(p).holder(), error=str(e))
+            out.append(row)
+    return sorted(out, key=lambda r: (r.get('halted') is None, r['ledger'], r['mode'] != 'live'))
 
 def _one_line(r:dict)->str:
     run = f"running (pid {r['running']})" if r['running'] else 'not running'
     if r['error']: return f"{r['mode']}: {r['error']}; {run}; {r['ledger']}"
-    head = r['halted']['text'] + ' | ' if r['halted'] else ''
+    head = r['halted']['text'] + ' | ' if r['halted'] else (r['reducing'] + ' | ' if r.get('reducing') else '')
     if r.get('last_bar') is None: return f"{head}{r['mode']} {','.join(r['symbols'])} {r['timeframe']} on {r['source']}: no bar yet; {run}; {r['ledger']}"
     bh = 'n/a' if r['buy_and_hold'] is None else f"{r['buy_and_hold']:,.2f} ({r['buy_and_hold'] / r['init_cash'] - 1:+.2%})"
     return (f"{head}{r['mode']} {','.join(r['symbols'])} {r['timeframe']} on {r['source']}: last bar {r['last_bar'][:16]}, {r['status']}; "
-            f"equity {r['equity']:,.2f} ({r['return']:+.2%}) vs buy-and-hold {bh}, {r['fills']} fills (PAPER, fees and slippage in); {run}; {r['ledger']}")
+            f"equity {r['equity']:,.2f} ({r['return']:+.2%}) vs buy-and-hold {bh}, {r['fills']} fills ({r['mode'].upper()}: {r['costs']}); {run}; {r['ledger']}")
 
 def status_all_text(rows:list[dict])->str:
     "`status_all` for a human: one line a trader, halted ones first."

@@ -6,13 +6,12 @@ Docs: https://tbot-dev.github.io/tbot/risk.html.md"""
 
 # %% ../nbs/06_risk.ipynb #a87a9901
 from __future__ import annotations
-import json, math
+import math
 from dataclasses import dataclass
 from decimal import Decimal, ROUND_DOWN, ROUND_HALF_UP
-from pathlib import Path
 import numpy as np, pandas as pd
 from numba import njit
-from .config import TbotError, atomic_write, settings, costs
+from .config import TbotError, settings, costs
 from .data import bars_per_year
 
 # %% auto #0

@@ -24,7 +24,7 @@ from .timeframes import plan, plan_frames
 
 # %% auto #0
 __all__ = ['DECISION_SECTIONS', 'trading_keys', 'paper_settings', 'account_config', 'config_changes', 'TraderLock', 'order_id',
-           'book_from_fills', 'Trader']
+           'book_from_fills', 'Trader', 'PaperBroker']
 
 # %% ../nbs/12_trader.ipynb #b0c15060
 DECISION_SECTIONS = ('risk', 'bots', 'allocation', 'regime')  # settings the agent's decisions rest on
@@ -128,13 +128,15 @@ def order_id(
     return 'tb' + hashlib.sha256(f"{account}|{bot}|{symbol}|{utc_text(parse_time(bar, 'bar'))}|{intent}".encode()).hexdigest()[:30]
 
 def book_from_fills(
-    fills:list[tuple],     # (symbol index, units, price, fee), in fill order
+    fills:list[tuple],     # (symbol index, units, price, fee[, fee paid in: 'quote', 'base' or 'other']), in fill order
     init_cash:float, n:int, # starting capital; number of symbols
-)->tuple[np.ndarray, np.ndarray]: # [cash, fees paid], units per symbol
+)->tuple[np.ndarray, np.ndarray]: # [cash, fees paid in quote], units per symbol
     "Cash and positions as the sum of the fills, with the bar kernel's own arithmetic, so they come out bit for bit."
     book, pos = np.array([init_cash, 0.0]), np.zeros(n)
-    for k, units, price, fee in fills:
-        book[0] = book[0] - units * price - fee; book[1] += fee; pos[k] += units
+    for k, units, price, fee, *paid in fills:
+        if not paid or paid[0] == 'quote': book[0] = book[0] - units * price - fee; book[1] += fee; pos[k] += units
+        elif paid[0] == 'base': book[0] = book[0] - units * price; pos[k] += units - fee   # live: the fee came out of the coins received
+        else: book[0] = book[0] - units * price; pos[k] += units                            # live: paid in another asset (BNB)
     return book, pos
 
 # %% ../nbs/12_trader.ipynb #ca6e0f1b
@@ -146,8 +148,11 @@ class Trader:
                  ledger:str|Path|None=None, # the SQLite ledger; `<data_dir>/ledger.sqlite` when None
                  policy:Policy|None=None,  # the bots; `load_policy()` when None
                  on_bar=None,              # called after each committed bar with its row (a dict)
+                 broker=None,              # what fills the orders: `PaperBroker()` when None, or a `tbot.broker.LiveBroker`
+                 redact=None,              # makes an event's text safe to store (live: the keys and signatures out); as is when None
                 ):
         self.feed, self.config, self.policy, self.on_bar = feed, config, policy or load_policy(), on_bar
+        self.broker, self.redact = broker or PaperBroker(), redact
         self.ledger = Path(ledger or ledger_path())
         self.symbols, self.start = config['symbols'], parse_time(config['start'], 'start')
         self.tx_delay = float(os.environ.get('TBOT_TEST_TX_DELAY', 0) or 0)   # tests: widen the bar transaction so a kill lands inside it
@@ -178,6 +183,7 @@ def open(self:Trader)->Trader:
         if had.get('replay') != self.config['replay']:
             self.con.execute('UPDATE accounts SET config = ? WHERE id = ?', (json.dumps(self.config, sort_keys=True), self.account))
         self._restore()
+        self.broker.attach(self)
     except BaseException:
         self.close(); raise
     return self
@@ -192,8 +198,9 @@ def close(self:Trader):
 def _restore(self:Trader):
     "The book from the fills, the stop state and prices from the last bar, and a check that they agree with its equity."
     K, c = len(self.symbols), self.config
-    rows = self.con.execute('SELECT symbol, units, price, fee FROM fills WHERE account = ? ORDER BY seq', (self.account,)).fetchall()
-    self.book, self.pos = book_from_fills([(self.symbols.index(r[0]), *r[1:]) for r in rows], c['init_cash'], K)
+    rows = self.con.execute('SELECT symbol, units, price, fee, fee_asset FROM fills WHERE account = ? ORDER BY seq', (self.account,)).fetchall()
+    def paid(sym, asset): return 'quote' if asset == sym.split('/')[1] else 'base' if asset == sym.split('/')[0] else 'other'
+    self.book, self.pos = book_from_fills([(self.symbols.index(r[0]), *r[1:4], *(() if r[4] is None else (paid(r[0], r[4]),))) for r in rows], c['init_cash'], K)
     self.n_fills = len(rows)
     last = self.con.execute('SELECT time, n, equity, risk, prices FROM bars WHERE account = ? ORDER BY time DESC LIMIT 1', (self.account,)).fetchone()
     cfg = risk_config(); self.stops = (cfg.portfolio_stop, cfg.daily_loss_limit)
@@ -205,6 +212,7 @@ def _restore(self:Trader):
     self.last_bar, self.n = pd.Timestamp(last[0]), last[1] + 1
     self.s = np.array(json.loads(last[3]), dtype='float64')
     px = json.loads(last[4]); self.last = np.array([np.nan if px[s] is None else px[s] for s in self.symbols])
+    if not self.broker.exact: return   # live: the exchange's balance is the check (`tbot.broker.LiveBroker.reconcile`)
     eq = self.book[0]
     for k in range(K):
         if self.pos[k] != 0: eq += self.pos[k] * self.last[k]   # the kernel's order of additions
@@ -221,6 +229,7 @@ def plan_data(self:Trader, hist:dict)->dict:
 @patch
 def event(self:Trader, kind:str, detail:str='', time=None, **data):
     "Record one event in its own transaction, and in tbot's JSON log (`tbot logs`)."
+    if self.redact: detail = self.redact(detail)
     self.con.execute('INSERT INTO events (account, at, time, kind, detail, data) VALUES (?, ?, ?, ?, ?, ?)',
                      (self.account, utc_text(pd.Timestamp.now(tz='UTC')), utc_text(time), kind, detail, json.dumps(data, default=str)))
     get_logger('tbot.trader').log(30 if kind in ('error', 'gap', 'late', 'pause', 'stale', 'clock_skew') else 20, f"{kind}: {detail}",
@@ -260,6 +269,28 @@ def _batch(self:Trader, upto)->_Batch|None:
                   p.split[bots].to_numpy('float64'), strategies, {t: g for t, g in dec.groupby('time')} if len(dec) else {},
                   [None] * max(i - 1, 0) + list(idx[max(i - 1, 0):].tz_convert('UTC').strftime('%Y-%m-%dT%H:%M:%S.%fZ')))  # from the bar before: its decision fills now
 
+# %% ../nbs/12_trader.ipynb #b7c0a9e1
+class PaperBroker:
+    "Fills as the backtest makes them: the bar kernel's own, at the open with slippage, and the stop inside the bar."
+    exact = True   # the book is the kernel's arithmetic: a restart checks the fills against the last bar's equity, bit for bit
+    def __repr__(self): return 'PaperBroker()'
+    def attach(self, tr): pass
+    def after_bar(self, tr, b, t): pass
+
+    def step(self, tr, b:_Batch, t:int, out:np.ndarray)->tuple:
+        "The kernel's step on bar t: (fills, equity, status, exit fraction, what fired, resumed, order rows, fill rows)."
+        c, acct, syms, when = tr.config, tr.account, tr.symbols, b.times[t]
+        n, nr, eq, st, f, fired, resumed = step_nb(b.o[t], b.h[t], b.l[t], b.c[t], b.target[t - 1] if t > b.i0 else b.target[t], int(b.day[t]),
+                                                   t > b.i0, tr.book, tr.pos, tr.last, tr.s, out, c['fees'], c['slippage'], *tr.rules, c['rebalance_band'])
+        orders, fills = [], []
+        for j in range(n):
+            k, units, price, fee = int(out[j, 0]), float(out[j, 1]), float(out[j, 2]), float(out[j, 3])
+            intent, decided = ('rebalance', b.times[t - 1]) if j < nr else ('stop', when)
+            oid = order_id(acct, 'agent', syms[k], decided, intent)
+            orders.append((oid, acct, decided, 'agent', syms[k], intent, 'buy' if units > 0 else 'sell', abs(units), 'filled', when))
+            fills.append((oid, acct, tr.n_fills + j, when, syms[k], units, price, fee))
+        return n, eq, st, f, fired, resumed, orders, fills
+
 # %% ../nbs/12_trader.ipynb #5783a50f
 @patch
 def _resets(self:Trader, t)->list:
@@ -277,15 +308,7 @@ def _bar(self:Trader, b:_Batch, t:int, out:np.ndarray, seen:float):
     c, acct, syms, bar, when = self.config, self.account, self.symbols, b.idx[t], b.times[t]
     resets = self._resets(when)
     was_halted = self.s[0] == HALTED
-    n, nr, eq, st, f, fired, resumed = step_nb(b.o[t], b.h[t], b.l[t], b.c[t], b.target[t - 1] if t > b.i0 else b.target[t], int(b.day[t]),
-                                               t > b.i0, self.book, self.pos, self.last, self.s, out, c['fees'], c['slippage'], *self.rules, c['rebalance_band'])
-    orders, fills = [], []
-    for j in range(n):
-        k, units, price, fee = int(out[j, 0]), float(out[j, 1]), float(out[j, 2]), float(out[j, 3])
-        intent, decided = ('rebalance', b.times[t - 1]) if j < nr else ('stop', when)
-        oid = order_id(acct, 'agent', syms[k], decided, intent)
-        orders.append((oid, acct, decided, 'agent', syms[k], intent, 'buy' if units > 0 else 'sell', abs(units), 'filled', when))
-        fills.append((oid, acct, self.n_fills + j, when, syms[k], units, price, fee))
+    n, eq, st, f, fired, resumed, orders, fills = self.broker.step(self, b, t, out)
     events = []
     if resumed: events.append(('resumed', 'a new UTC day began: the daily loss limit is lifted', {'equity': eq}))
     if fired: events.append((STATUS[fired], stop_reason(fired, f, c['init_cash'], *self.stops), {'equity': eq, 'floor': float(self.s[1])}))
@@ -302,7 +325,7 @@ def _bar(self:Trader, b:_Batch, t:int, out:np.ndarray, seen:float):
     try:
         con.executemany('UPDATE events SET applied = ? WHERE id = ?', resets)
         con.executemany('INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', orders)
-        con.executemany('INSERT INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?)', fills)
+        con.executemany('INSERT INTO fills (order_id, account, seq, time, symbol, units, price, fee) VALUES (?, ?, ?, ?, ?, ?, ?, ?)', fills)
         if self.tx_delay: time.sleep(self.tx_delay)
         con.executemany('INSERT INTO trade_decisions (account, time, kind, bot, symbol, regime, strategy, score, split, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', dec)
         con.executemany('INSERT INTO events (account, at, time, kind, detail, data) VALUES (?, ?, ?, ?, ?, ?)',
@@ -311,7 +334,8 @@ def _bar(self:Trader, b:_Batch, t:int, out:np.ndarray, seen:float):
         con.execute('COMMIT')
     except BaseException:
         con.execute('ROLLBACK'); raise
-    self.last_bar, self.n, self.n_fills = bar, self.n + 1, self.n_fills + n
+    self.last_bar, self.n, self.n_fills = bar, self.n + 1, self.n_fills + len(fills)
+    self.broker.after_bar(self, b, t)
     if self.on_bar: self.on_bar({'time': bar, 'equity': eq, 'status': STATUS[st], 'fills': len(fills)})
 
 # %% ../nbs/12_trader.ipynb #ceba177f

@@ -43,11 +43,12 @@ def pytest_runtest_protocol(item, nextitem):
     with checkout_lock(item.config, item.get_closest_marker('alone') is not None): return (yield)
 
 # With --dist loadfile each file is one unit of work, handed out in collection order to whichever worker is free: the longest
-# files go first so that no worker is left alone with one at the end (seconds measured on 2 cores: honesty ~400, install ~330,
+# files go first so that no worker is left alone with one at the end (seconds measured on 2 cores: live_faults ~700, honesty ~400, install ~330,
 # reports ~250, paper ~200, cli_data ~180, data_integrity ~160, compose ~160, health ~155, schedule ~140, agent ~130, notify ~120, drills ~90;
 # the rest under 60). Files keep their own order.
-LONGEST_FIRST = ['test_honesty.py', 'test_install.py', 'test_reports.py', 'test_paper.py', 'test_cli_data.py', 'test_data_integrity.py',
-                 'test_compose.py', 'test_health.py', 'test_schedule.py', 'test_agent.py', 'test_notify.py', 'test_drills.py', 'test_paper_faults.py', 'test_paper_crash.py']
+LONGEST_FIRST = ['test_live_faults.py', 'test_honesty.py', 'test_install.py', 'test_reports.py', 'test_paper.py', 'test_cli_data.py', 'test_data_integrity.py',
+                 'test_compose.py', 'test_health.py', 'test_schedule.py', 'test_agent.py', 'test_notify.py', 'test_drills.py', 'test_paper_faults.py',
+                 'test_paper_crash.py', 'test_live_session.py']
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda it: LONGEST_FIRST.index(it.path.name) if it.path.name in LONGEST_FIRST else len(LONGEST_FIRST))
