@@ -10,7 +10,7 @@ import ipaddress, json, os, secrets, signal, socket, sqlite3, subprocess, sys, t
 from pathlib import Path
 import pandas as pd
 from . import panels
-from .config import TbotError, check_number, settings
+from .config import TbotError, check_number, read_dotenv, settings
 from .console import ArgParser
 from .data import load, store_synthetic
 from .ledger import ledger_path
@@ -294,7 +294,8 @@ def cli_dashboard(argv:list[str], prog:str='tbot dashboard')->int:
     if ledger.is_dir(): raise TbotError(f"--ledger {ledger} is a folder, not a ledger file")
     nb = dashboard_notebook()
     if not local: sys.stderr.write(f"tbot: warning: --ip {a.ip} is not local: anyone who reaches it with the URL sees the trading (prefer 127.0.0.1 and an SSH tunnel)\n")
-    s = settings(); token = secrets.token_urlsafe(24)
+    s = settings(); mine = s.env.get('TBOT_DASHBOARD_TOKEN') or read_dotenv(s.root / '.env').get('TBOT_DASHBOARD_TOKEN')
+    token = mine or secrets.token_urlsafe(24)   # a fixed token (docker compose: `.env`) is the person's secret: never printed
     env = {**os.environ, LEDGER_ENV: str(ledger), 'TBOT_DATA_DIR': str(s.data_dir.absolute()), **({'TBOT_SETTINGS': str(s.path)} if s.path else {})}
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.set())
@@ -306,7 +307,7 @@ def cli_dashboard(argv:list[str], prog:str='tbot dashboard')->int:
     try:
         if not _wait_listening(proc, a.ip, port): raise TbotError(f"voila did not start on {a.ip}:{port} (exit {proc.poll()}; its log: {log})")
         host = f'[{a.ip}]' if ':' in a.ip else a.ip
-        url = f"http://{host}:{port}/?token={token}"
+        url = f"http://{host}:{port}/?token=" + ('<TBOT_DASHBOARD_TOKEN>' if mine else token)
         print(f"tbot dashboard on {ledger} (read-only): {url}\nCtrl-C stops it; voila's log: {log}", flush=True)
         if not a.no_browser:
             try: webbrowser.open(url)

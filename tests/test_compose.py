@@ -1,7 +1,7 @@
 """docker-compose.yml as Docker Compose reads it, and each service's command and healthcheck run in this venv as its container
 would run them (there is no Docker engine here): the image's entrypoint `tbot`, the compose environment, the one volume as a temp
 folder, short replays instead of live candles, a local webhook, and no network (the exchange URL is a closed local port)."""
-import http.server, json, os, re, shlex, shutil, signal, socket, subprocess, threading, time
+import http.server, json, os, re, shlex, shutil, signal, socket, subprocess, threading, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest, yaml
 from conftest import ROOT, TBOT
@@ -110,14 +110,8 @@ def test_services_start_and_healthchecks(tmp_path, shared):
     port = free_port()
     dotenv = {'TBOT_TRADER_ARGS': '--replay 2022-03-01:2022-03-31 --speed 3600', 'TBOT_TRADER2_ARGS': '--replay 2023-03-01:2023-03-05 --speed 300',
               'TBOT_EXCHANGE_URL': f'http://127.0.0.1:{free_port()}', 'TBOT_NOTIFY_URLS': f'json://127.0.0.1:{hook.server_port}/hooktoken-a1b2c3d4e5',
-              'TBOT_NOTIFY_INTERVAL': '1', 'TBOT_NOTIFY_SUMMARY_HOUR': ''}
-    # the dashboard notebook (nbs/13_dashboard) is built on another branch: until it lands, voila serves a stand-in at its path
+              'TBOT_NOTIFY_INTERVAL': '1', 'TBOT_NOTIFY_SUMMARY_HOUR': '', 'TBOT_DASHBOARD_TOKEN': 'dashtoken-f6e5d4c3b2a1'}
     app = ROOT
-    if not (ROOT / 'nbs' / '13_dashboard.ipynb').exists():
-        app = tmp_path / 'app'; (app / 'nbs').mkdir(parents=True)
-        (app / 'nbs' / '13_dashboard.ipynb').write_text(json.dumps({'cells': [{'cell_type': 'code', 'id': 'a', 'metadata': {}, 'outputs': [],
-            'execution_count': None, 'source': ['print("tbot")']}], 'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}},
-            'nbformat': 4, 'nbformat_minor': 5}))
     procs, envs = {}, {}
     try:
         for name in ('trader', 'trader2', 'scheduler', 'notify', 'dashboard'):
@@ -126,13 +120,19 @@ def test_services_start_and_healthchecks(tmp_path, shared):
             args = argv(svc, envs[name], state)
             if name == 'dashboard':
                 args = [a.replace('8866', str(port)) for a in args]; svc = {**svc, 'healthcheck': {'test': [t.replace('8866', str(port)) for t in svc['healthcheck']['test']]}}
-            procs[name] = (subprocess.Popen(args, env=envs[name], cwd=app if name == 'dashboard' else ROOT, stdout=subprocess.DEVNULL,
+            procs[name] = (subprocess.Popen(args, env=envs[name], cwd=app if name == 'dashboard' else ROOT, stdout=open(tmp_path / f'{name}.out', 'w'),
                                             stderr=open(tmp_path / f'{name}.err', 'w')), svc)
             procs[name][0].err = tmp_path / f'{name}.err'
         for name, (p, svc) in procs.items():
             h = until_healthy(svc, envs[name], state, p, cwd=app if name == 'dashboard' else ROOT)
             if name.startswith('trader'): assert h.stdout.startswith('HEALTHY'), h.stdout
         assert (state / 'data' / 'ledger.sqlite').is_file() and (state / 'data' / 'eth-5m' / 'ledger.sqlite').is_file()
+        # the dashboard: its page opens with the token of .env, which it never prints
+        said = (tmp_path / 'dashboard.out').read_text() + (tmp_path / 'dashboard.err').read_text()
+        assert f'http://0.0.0.0:{port}/?token=<TBOT_DASHBOARD_TOKEN>' in said and 'dashtoken' not in said, said
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/?token=dashtoken-f6e5d4c3b2a1', timeout=120) as r: assert r.status == 200
+        try: urllib.request.urlopen(f'http://127.0.0.1:{port}/?token=wrong', timeout=60); assert False, 'a wrong token opened the page'
+        except urllib.error.HTTPError as e: assert e.code in (401, 403), e.code
         fleet = json.loads(subprocess.run([TBOT, 'paper', 'status', '--all', '--json'], env=envs['notify'], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
         assert {(r['ledger'], r['timeframe'], tuple(r['symbols'])) for r in fleet} == {(str(state / 'data' / 'ledger.sqlite'), '1h', ('BTC/USDT', 'ETH/USDT')),
                                                                                 (str(state / 'data' / 'eth-5m' / 'ledger.sqlite'), '5m', ('ETH/USDT',))}
