@@ -130,9 +130,11 @@ def test_services_start_and_healthchecks(tmp_path, shared):
         # the dashboard: its page opens with the token of .env, which it never prints
         said = (tmp_path / 'dashboard.out').read_text() + (tmp_path / 'dashboard.err').read_text()
         assert f'http://0.0.0.0:{port}/?token=<TBOT_DASHBOARD_TOKEN>' in said and 'dashtoken' not in said, said
-        with urllib.request.urlopen(f'http://127.0.0.1:{port}/?token=dashtoken-f6e5d4c3b2a1', timeout=120) as r: assert r.status == 200
-        try: urllib.request.urlopen(f'http://127.0.0.1:{port}/?token=wrong', timeout=60); assert False, 'a wrong token opened the page'
-        except urllib.error.HTTPError as e: assert e.code in (401, 403), e.code
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/?token=dashtoken-f6e5d4c3b2a1', timeout=120) as r:
+            page = r.read().decode()
+            assert r.status == 200 and '/login' not in r.geturl() and 'trading, as it happens' in page, (r.geturl(), page[:300])
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/?token=wrong', timeout=60) as r:   # sent to the login page
+            assert '/login' in r.geturl() and 'trading, as it happens' not in r.read().decode(), r.geturl()
         fleet = json.loads(subprocess.run([TBOT, 'paper', 'status', '--all', '--json'], env=envs['notify'], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout)
         assert {(r['ledger'], r['timeframe'], tuple(r['symbols'])) for r in fleet} == {(str(state / 'data' / 'ledger.sqlite'), '1h', ('BTC/USDT', 'ETH/USDT')),
                                                                                 (str(state / 'data' / 'eth-5m' / 'ledger.sqlite'), '5m', ('ETH/USDT',))}
