@@ -147,7 +147,7 @@ def schedule_health(
     running = _locked(schedule_dir(reports_dir)/'scheduler.lock')
     try: jobs = load_jobs()
     except TbotError as e: return {'running': running, 'jobs': [], 'checks': [_check('schedule', False, f"the jobs do not load: {e}")]}
-    day = (now - pd.Timedelta('1d')).isoformat()
+    day = (now - pd.Timedelta(days=1)).isoformat()
     recent = [e for e in log if (e.get('started') or '') >= day]
     rows = []
     for j in jobs.values():

@@ -222,7 +222,7 @@ def daily_summary(ledger:Path, day:pd.Timestamp)->dict|None:
         o = status(ledger, mode=mode)
     except TbotError: return None
     if 'last_bar' not in o: return None
-    f = f[(f.time >= day) & (f.time < day + pd.Timedelta('1d'))]
+    f = f[(f.time >= day) & (f.time < day + pd.Timedelta(days=1))]
     bh = 'n/a' if o['buy_and_hold'] is None else f"{o['buy_and_hold']:,.2f}"
     lines = ([o['halted']['text']] if o.get('halted') else []) + [
         f"equity {o['equity']:,.2f} ({o['return']:+.2%}) against buy-and-hold {bh}; floor {o['floor']:,.2f}; status {o['status']}; last bar {o['last_bar'][:16]} UTC",
@@ -255,7 +255,7 @@ def watch_once(
     if ns['summary_hour'] is not None and now.hour >= ns['summary_hour']:
         day = now.floor('1D')
         if cur.get('summary_day') != str(day.date()):
-            s = daily_summary(ledger, day - pd.Timedelta('1d'))
+            s = daily_summary(ledger, day - pd.Timedelta(days=1))
             if s: msgs.append(s)
             cur['summary_day'] = str(day.date())
     for m in msgs: nt.send(m['kind'], m['title'], m['body'], m['level'])
