@@ -17,7 +17,7 @@ from .data import timeframe_delta
 from .exchange import Exchange, OrderRejected, OrderOutcomeUnknown
 from .ledger import utc_text
 from .feed import LiveFeed
-from .live import RISK_EVENTS, RISK_STATE_OF, RiskState, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
+from .live import RISK_EVENTS, RiskState, last_risk_event, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
 from .risk import ACTIVE, HALTED, PAUSED, cushion_cap, stop_new_bar, stop_check, stop_end_bar, step_nb
 from .trader import Trader, TraderLock, account_config, book_from_fills, order_id, paper_settings, trading_keys
 
@@ -69,13 +69,13 @@ def plan_order(
     if lim['cost'].get('max') and a * price > lim['cost']['max']: a = float(decimal_to_precision(lim['cost']['max'] / price, TRUNCATE, market['precision']['amount'], TICK_SIZE, NO_PADDING))
     pp, avg = _filter(market, 'PERCENT_PRICE_BY_SIDE'), avg_price or ref
     up, down = (pp.get('bidMultiplierUp'), pp.get('bidMultiplierDown')) if side == 'buy' else (pp.get('askMultiplierUp'), pp.get('askMultiplierDown'))
-    if up and not float(down) * avg <= price <= float(up) * avg: return dust(f"the price cap {price} is outside PERCENT_PRICE_BY_SIDE [{down}, {up}] x {avg}")
+    if (up or down) and not float(down or 0) * avg <= price <= float(up or 'inf') * avg: return dust(f"the price cap {price} is outside PERCENT_PRICE_BY_SIDE [{down}, {up}] x {avg}")
     return {'side': side, 'amount': a, 'price': price, 'notional': a * price}
 
 # %% ../nbs/12c_broker.ipynb #db305098
 LIVE_STATES = ('planned', 'sending', 'acknowledged', 'filled', 'cancelled', 'expired', 'rejected', 'unknown', 'settled')
 UNSETTLED = ('sending', 'unknown')   # the exchange may hold it: its symbol is frozen until it is found or known never placed
-_FINAL = {'closed': 'filled', 'canceled': 'cancelled', 'expired': 'expired', 'rejected': 'rejected', 'open': 'acknowledged'}
+_FINAL = {'closed': 'filled', 'canceled': 'cancelled', 'expired': 'expired', 'rejected': 'rejected'}   # the ends an answer can say
 
 def _now()->str: return utc_text(pd.Timestamp.now(tz='UTC'))
 def _one(e)->str: return (str(e).splitlines() or [type(e).__name__])[0][:300]
@@ -231,7 +231,10 @@ def submit(self:LiveBroker,
         return self.settle(tr, oid)
     self.unknown_run = 0
     self._hook('acknowledged', oid)
-    state = _FINAL.get(order.get('status'), 'acknowledged')
+    state = _FINAL.get(order.get('status'))
+    if state is None:   # answered open (or with no status): cancelled and read again by `settle`, its fills recorded once, at its end
+        self._set(tr, oid, 'unknown', detail=f"answered {order.get('status') or 'without a status'}; settling it by its client id")
+        return self.settle(tr, oid)
     self._finish(tr, oid, order, state)
     return state
 
@@ -338,8 +341,8 @@ def attach(self:LiveBroker, tr):
     self.tf = min((k[1] for k in tr.config['keys']), key=timeframe_delta)   # the trader's clock: its open candle gives the price now
     for s in tr.symbols:
         if s not in self.ex.client.markets: raise TbotError(f"{self.ex.id} has no market {s}")
-    r = tr.con.execute(f"SELECT kind, detail FROM events WHERE account = ? AND kind IN {tuple(RISK_EVENTS.values())} ORDER BY id DESC LIMIT 1", (tr.account,)).fetchone()
-    self.risk = RiskState(RISK_STATE_OF[r[0]], r[1]) if r else RiskState()
+    r = last_risk_event(tr.con, tr.account)
+    self.risk = RiskState(r['state'], r['detail']) if r else RiskState()
     _tx(tr.con, ("UPDATE live_orders SET state = 'cancelled', done = ?, detail = 'never sent: the trader stopped before sending' WHERE account = ? AND state = 'planned'", (_now(), tr.account)),
         ("UPDATE orders SET status = 'cancelled' WHERE account = ? AND status = 'planned'", (tr.account,)))
     if self._baseline(tr) is None:

@@ -172,6 +172,13 @@ class Settings:
         "`get` as an integer."
         return int(self.getfloat(section, key, default))
 
+    def getbool(self, section, key, default=None)->bool:
+        "`get` as true (true, yes, on, 1) or false (false, no, off, 0); anything else is refused, never read as false."
+        v = self.get(section, key, default); t = str(v).strip().lower()
+        if t in ('true', 'yes', 'on', '1'): return True
+        if t in ('false', 'no', 'off', '0'): return False
+        raise TbotError(f"settings [{section}] {key} = {v!r} is not true or false")
+
     def getlist(self, section, key, default=None)->list[str]:
         "`get` split on commas, blanks removed."
         return [s.strip() for s in (self.get(section, key, default) or '').split(',') if s.strip()]

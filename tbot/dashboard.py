@@ -13,8 +13,9 @@ from . import panels
 from .config import TbotError, check_number, read_dotenv, settings
 from .console import ArgParser
 from .data import load, store_synthetic
+from .deploy import package_dir
 from .ledger import ledger_path
-from .panels import COLORS, banner, box, esc, figure, heartbeat, heartbeat_said, hook, package_dir
+from .panels import COLORS, banner, box, esc, figure, heartbeat, heartbeat_said, hook
 from .paper import ACCOUNT_ORDER, account, buy_and_hold_curve, find_ledgers, read_ledger, status_of
 from .portfolio import policy_for
 

@@ -71,7 +71,7 @@ def deployments(
     con = sqlite3.connect(f'file:{path}?mode=ro', uri=True, timeout=30)
     try:
         rows = con.execute("SELECT e.at, a.mode, e.kind, e.detail, e.data FROM events e JOIN accounts a ON a.id = e.account "
-                           "WHERE e.kind IN ('started', 'stopped', 'finished', 'error') ORDER BY e.id").fetchall()
+                           "WHERE e.kind IN ('started', 'stopped', 'finished') OR (e.kind = 'error' AND json_extract(e.data, '$.fatal')) ORDER BY e.id").fetchall()
     except sqlite3.DatabaseError as e: raise TbotError(f"ledger {path}: {e}") from None
     finally: con.close()
     out, open_ = [], {}

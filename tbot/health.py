@@ -16,7 +16,7 @@ from .data import stored_series, timeframe_delta
 from .deploy import deployments, short_commit
 from .exchange import Exchange, connect
 from .ledger import ledger_path
-from .live import RISK_EVENTS
+from .live import last_risk_event
 from .paper import account, read_ledger
 from .params import secret_values, withhold
 from .schedule import last_started, load_jobs, missed, read_log, schedule_dir
@@ -40,7 +40,7 @@ def health_settings(s=None)->dict:
         out[k] = s.getfloat('health', k, HEALTH[k])
         if out[k] < 0: raise TbotError(f"settings [health] {k} = {out[k]:g} must not be negative")
     if out['ping'] not in ('auto', 'always', 'never'): raise TbotError(f"settings [health] ping = {out['ping']!r}: expected auto, always or never")
-    out['halt_unhealthy'] = str(out['halt_unhealthy']).strip().lower() in ('1', 'true', 'yes', 'on')
+    out['halt_unhealthy'] = s.getbool('health', 'halt_unhealthy', HEALTH['halt_unhealthy'])   # a typo is refused, never read as off
     return out
 
 def _check(name:str, ok, detail:str)->dict: return {'check': name, 'ok': ok, 'detail': detail}
@@ -66,8 +66,7 @@ def trader_health(
         a = account(con, None)
         last = con.execute('SELECT time, status FROM bars WHERE account = ? ORDER BY time DESC LIMIT 1', (a['id'],)).fetchone()
         halt = con.execute("SELECT time, detail FROM events WHERE account = ? AND kind = 'halted' ORDER BY id DESC LIMIT 1", (a['id'],)).fetchone()
-        risk = con.execute(f"SELECT kind, COALESCE(time, at), detail FROM events WHERE account = ? AND kind IN (?, ?, ?) ORDER BY id DESC LIMIT 1",
-                           (a['id'], *RISK_EVENTS.values())).fetchone()   # a live account's risk state (`tbot.broker`)
+        risk = last_risk_event(con, a['id'])   # a live account's risk state (`tbot.broker`)
     finally: con.close()
     c = a['config']
     out.update(live=not c['replay'], keys=[tuple(k) for k in c['keys']], mode=c['mode'])
@@ -84,13 +83,13 @@ def trader_health(
         if last[1] == 'halted':
             out['halted'] = {'time': halt[0] if halt else None, 'reason': halt[1] if halt else ''}
             checks.append(_check('stop', False if th['halt_unhealthy'] else None, f"HALTED: {out['halted']['reason']} (a human reset is needed)"))
-        elif not risk or risk[0] == RISK_EVENTS['active']:
+        elif not risk or risk['state'] == 'active':
             checks.append(_check('stop', True, 'the daily loss limit paused trading until the next UTC day' if last[1] == 'paused' else 'no stop has fired'))
-    if risk and risk[0] == RISK_EVENTS['halted'] and not out['halted']:
-        out['halted'] = {'time': risk[1], 'reason': risk[2]}
-        checks.append(_check('stop', False if th['halt_unhealthy'] else None, f"LIVE HALTED: {risk[2]} (`tbot live resume` lifts it once its cause is gone)"))
-    elif risk and risk[0] == RISK_EVENTS['reducing']:
-        checks.append(_check('stop', None, f"LIVE REDUCING, exits only: {risk[2]}"))
+    if risk and risk['state'] == 'halted' and not out['halted']:
+        out['halted'] = {'time': risk['time'], 'reason': risk['detail']}
+        checks.append(_check('stop', False if th['halt_unhealthy'] else None, f"LIVE HALTED: {risk['detail']} (`tbot live resume` lifts it once its cause is gone)"))
+    elif risk and risk['state'] == 'reducing':
+        checks.append(_check('stop', None, f"LIVE REDUCING, exits only: {risk['detail']}"))
     out['checks'] = checks
     return out
 

@@ -20,9 +20,9 @@ from .trader import TraderLock
 
 # %% auto #0
 __all__ = ['RISK_STATES', 'RISK_EVENTS', 'RISK_STATE_OF', 'BROKER', 'live_settings', 'scrub', 'live_secrets', 'scrubbed',
-           'live_exchange', 'Check', 'preflight', 'preflight_text', 'caps', 'spent', 'RiskState', 'risk_step', 'allows',
-           'live_account', 'kill_requests', 'kill_switch', 'request_halt', 'status', 'status_text', 'run',
-           'check_can_start', 'start', 'live_parser', 'cli_live']
+           'live_exchange', 'Check', 'preflight', 'preflight_text', 'caps', 'spent', 'last_risk_event', 'RiskState',
+           'risk_step', 'allows', 'live_account', 'kill_requests', 'kill_switch', 'request_halt', 'status',
+           'status_text', 'run', 'check_can_start', 'start', 'live_parser', 'cli_live']
 
 # %% ../nbs/12d_live.ipynb #f3411e98
 def _flag(v, what:str)->bool:
@@ -37,7 +37,7 @@ def live_settings(
     "The `[live]` section, checked; `enabled` only as the settings file says."
     s = s or settings()
     out = {'enabled': _flag(s.cp.get('live', 'enabled', fallback='false'), 'settings [live] enabled'),
-           'testnet': _flag(s.get('live', 'testnet', 'false'), 'settings [live] testnet')}
+           'testnet': s.getbool('live', 'testnet', 'false')}
     for k in ('init_cash', 'max_order', 'max_bar', 'max_day'): out[k] = float(check_number(s.get('live', k), f'settings [live] {k}', lo=0, lo_open=True))
     out['max_unknown'] = check_number(s.get('live', 'max_unknown'), 'settings [live] max_unknown', lo=1, integer=True)
     for k in ('max_clock_offset', 'recv_window'): out[k] = check_number(s.get('live', k), f'settings [live] {k}', lo=1, hi=60000, integer=True)
@@ -209,6 +209,12 @@ RISK_STATES = ('active', 'reducing', 'halted')
 RISK_EVENTS = {'active': 'live_resume', 'reducing': 'live_reducing', 'halted': 'live_halt'}   # the ledger's record of each risk state
 RISK_STATE_OF = {v: k for k, v in RISK_EVENTS.items()}   # and back
 
+def last_risk_event(con, account:int)->dict|None:
+    "A live account's last risk-state event: state, kind, at, time (its bar, else `at`), detail; None before any (the state is active)."
+    r = con.execute(f"SELECT kind, at, COALESCE(time, at), detail FROM events WHERE account = ? AND kind IN {tuple(RISK_EVENTS.values())} ORDER BY id DESC LIMIT 1",
+                    (account,)).fetchone()
+    return None if r is None else {'state': RISK_STATE_OF[r[0]], 'kind': r[0], 'at': r[1], 'time': r[2], 'detail': r[3]}
+
 @dataclass(frozen=True)
 class RiskState:
     "A live account's risk state and why it is in it."
@@ -330,9 +336,9 @@ def status(
         if last: out['last_bar'] = {'time': last[0], 'equity': last[1], 'status': last[2]}
         ev = con.execute('SELECT at, kind, detail FROM events WHERE account = ? ORDER BY id DESC LIMIT ?', (acct, n)).fetchall()
         out['events'] = [f"{at[:19]} {k}: {d}" for at, k, d in reversed(ev)]
-        r = con.execute(f"SELECT at, kind, detail FROM events WHERE account = ? AND kind IN {tuple(RISK_EVENTS.values())} ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
-        out['risk'] = {'state': RISK_STATE_OF[r[1]], 'since': r[0], 'reason': r[2]} if r else {'state': 'active'}
-        if out['risk']['state'] == 'halted': out['halted'] = f"since {r[0][:19]} UTC: {r[2]}"
+        r = last_risk_event(con, acct)
+        out['risk'] = {'state': r['state'], 'since': r['at'], 'reason': r['detail']} if r else {'state': 'active'}
+        if out['risk']['state'] == 'halted': out['halted'] = f"since {r['at'][:19]} UTC: {r['detail']}"
         elif last and last[2] == 'halted':
             h = con.execute("SELECT at, detail FROM events WHERE account = ? AND kind = 'halted' ORDER BY id DESC LIMIT 1", (acct,)).fetchone()
             out['halted'] = f"since {h[0][:19]} UTC: {h[1]}" if h else f"since the bar of {last[0][:16]}"

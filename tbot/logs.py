@@ -31,6 +31,12 @@ def redact(
 # %% ../nbs/14b_logs.ipynb #d0d0bcaf
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {'message', 'asctime'}
 
+def _redacted(v, secrets:dict):
+    "A field's value redacted: as JSON again when it still parses, else the redacted text (the line is never lost)."
+    t = redact(json.dumps(v, default=str), secrets)
+    try: return json.loads(t)
+    except ValueError: return t
+
 class JsonLines(logging.Formatter):
     "A log record as one line of JSON, secrets redacted."
     def __init__(self, secrets:dict|None=None): super().__init__(); self.secrets = secrets
@@ -39,7 +45,7 @@ class JsonLines(logging.Formatter):
         d = {'at': pd.Timestamp(r.created, unit='s', tz='UTC').isoformat(), 'level': r.levelname, 'logger': r.name,
              'msg': redact(r.getMessage(), secrets)}
         for k, v in vars(r).items():
-            if k not in _STANDARD: d[k] = json.loads(redact(json.dumps(v, default=str), secrets)) if not isinstance(v, str) else redact(v, secrets)
+            if k not in _STANDARD: d[k] = redact(v, secrets) if isinstance(v, str) else _redacted(v, secrets)
         if r.exc_info: d['error'] = redact(self.formatException(r.exc_info), secrets)
         return json.dumps(d, default=str)
 

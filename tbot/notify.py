@@ -21,8 +21,8 @@ from .schedule import read_log
 
 # %% auto #0
 __all__ = ['NOTIFY', 'EVENT_MESSAGES', 'notify_urls', 'notify_secrets', 'notify_settings', 'notify_log', 'Notifier',
-           'event_message', 'notify_event', 'load_cursor', 'save_cursor', 'new_events', 'alarms', 'daily_summary',
-           'watch_once', 'watch', 'cli_notify']
+           'event_message', 'load_cursor', 'save_cursor', 'new_events', 'alarms', 'daily_summary', 'watch_once',
+           'watch', 'cli_notify']
 
 # %% ../nbs/14a_notify.ipynb #0e99def6
 def notify_urls(s=None)->list[Secret]:
@@ -155,18 +155,6 @@ def event_message(
     if kind in ('halted', 'live_halt', 'live_reducing'): title = f"{title.split(':')[0]}: {detail}"
     return {'kind': kind, 'level': level, 'title': f"tbot{' ' + who if who else ''}: {title}",
             'body': detail + (f" (bar {str(time)[:16]} UTC)" if time else '')}
-
-# %% ../nbs/14a_notify.ipynb #d06cdd14
-_PROCESS_NOTIFIER = []
-
-def notify_event(kind:str, detail:str='', time=None, who:str='')->bool:
-    "Queue the message for one event on this process's `Notifier`; never blocks, never raises."
-    try:
-        m = event_message(kind, detail, time, who)
-        if m is None: return False
-        if not _PROCESS_NOTIFIER: _PROCESS_NOTIFIER.append(Notifier())
-        return _PROCESS_NOTIFIER[0].send(m['kind'], m['title'], m['body'], m['level'])
-    except Exception: return False
 
 # %% ../nbs/14a_notify.ipynb #34fe44a9
 def _cursor_path(ledger:Path)->Path: return Path(str(ledger) + '.notify.json')

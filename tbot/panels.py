@@ -6,7 +6,7 @@ Docs: https://tbot-dev.github.io/tbot/panels.html.md"""
 
 # %% ../nbs/13a_panels.ipynb #b9974bec
 from __future__ import annotations
-import html, importlib.util, json, os, sqlite3, time
+import functools, html, json, os, sqlite3, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from . import __version__
@@ -24,7 +24,7 @@ __all__ = ['START_HINT', 'MAX_POINTS', 'COLORS', 'ASSUMPTIONS', 'LIVE_ASSUMPTION
            'banner', 'regimes_table', 'split_figure', 'decisions_table', 'scores_table', 'pnl_by_symbol', 'attribution',
            'bots_table', 'positions_table', 'fills_table', 'performance_figure', 'performance_table', 'risk_rows',
            'risk_panel', 'research_matrix', 'strategy_record', 'data_rows', 'data_panel', 'health_of', 'health_rows',
-           'health_panel', 'package_dir', 'deployment_panel']
+           'health_panel', 'page_commit', 'deployment_panel']
 
 # %% ../nbs/13a_panels.ipynb #877094bf
 START_HINT = 'tbot paper start --replay 2022-04-01:2022-07-15 --speed 3600'
@@ -378,7 +378,7 @@ _HEALTH = {}          # ledger -> (monotonic time, report)
 def health_of(ledger:str|Path)->dict:
     "`tbot.health.health_report` on the ledger (the one source: the same checks and `[health]` thresholds as `tbot health`), at most every `HEALTH_EVERY` s."
     k = str(ledger); got = _HEALTH.get(k)
-    if got is None or time.monotonic() - got[0] > HEALTH_EVERY: _HEALTH[k] = got = (time.monotonic(), health_report(ledger))
+    if got is None or time.monotonic() - got[0] > HEALTH_EVERY: _HEALTH[k] = got = (time.monotonic(), health_report(ledger, ping=False))
     return got[1]
 
 def health_rows(st:dict)->list[dict]:
@@ -392,20 +392,21 @@ def health_panel(st:dict)->str:
     head = box(COLORS['active'], 'HEALTHY') if r['healthy'] else box(COLORS['halted'], 'UNHEALTHY: ' + esc('; '.join(r['problems'])))
     sizes = [{'what': 'ledger / store', 'value': f"{m['ledger_mb']:g} MB / {m['store_mb']:g} MB"},
              {'what': 'trader memory', 'value': f"{m['trader_rss_mb']:g} MB" if m['trader_rss_mb'] else 'no trader running'},
-             {'what': 'checked', 'value': f"{r['checked'][:19]} UTC (`tbot health --ledger {st['ledger']}` gives the same report)"}]
+             {'what': 'checked', 'value': f"{r['checked'][:19]} UTC (`tbot health --no-ping --ledger {st['ledger']}` gives the same report; the page never waits on an exchange ping)"}]
     out = head + html_table(health_rows(st), title='Health') + html_table(sizes)
     if st['status'] == 'empty': return out
     ev = st['record']['events']; ev = ev[ev.kind.isin(['error', 'gap', 'late', 'pause', 'stale', 'clock_skew', 'recovered'])].tail(15).iloc[::-1]
     return out + html_table([{'at': e.at, 'kind': e.kind, 'detail': e.detail} for e in ev.itertuples()], 'no warning or error recorded', 'Warnings and errors')
 
 # %% ../nbs/13a_panels.ipynb #3454529e
-def package_dir()->Path:
-    "The folder of the installed tbot package (in a checkout, `tbot/` beside `nbs/`)."
-    return Path(importlib.util.find_spec('tbot').origin).resolve().parent
+@functools.cache
+def page_commit()->str:
+    "The commit this page's kernel runs (`tbot.deploy.git_commit`), asked once: two git processes are too dear for every draw."
+    return short_commit(git_commit())
 
 def deployment_panel(st:dict)->str:
     "What runs (this page's tbot and commit), the mode, the uptime, and the deployment history: every trader start with its version, commit, image and settings hash (`tbot.deploy.deployments`)."
-    rows = [{'what': 'this page', 'value': f"tbot {__version__} (commit {short_commit(git_commit())})"}, {'what': 'ledger', 'value': st['ledger']}]
+    rows = [{'what': 'this page', 'value': f"tbot {__version__} (commit {page_commit()})"}, {'what': 'ledger', 'value': st['ledger']}]
     if st['status'] == 'empty' and 'record' not in st: return html_table(rows, title='Deployment')
     ev = st['record']['events']; starts = ev[ev.kind == 'started']
     rows.append({'what': 'uptime', 'value': ago((st['read_at'] - starts['at'].iloc[-1]).total_seconds()) if st['running'] and len(starts) else 'not running'})

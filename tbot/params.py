@@ -80,13 +80,24 @@ SECRET_PARAM_RE = re.compile(r'(^|[_.])(api|apikey|key|keys|secret|secrets|passw
 SECRET_ENV_RE = re.compile(r'^TBOT_\w*(API_KEY|API_SECRET|SECRET|PASSWORD|PASSPHRASE|TOKEN)$')  # the variables a kernel never sees
 FRAGMENT = 8  # a run may not hold any 8 characters in a row of a credential
 
+def _secrets(env, dotenv:Path)->dict: return {k: v for src in (read_dotenv(dotenv), env) for k, v in src.items() if SECRET_ENV_RE.match(k) and len(v) >= 4}
+
+def _mtime(p:Path):
+    try: return p.stat().st_mtime_ns
+    except OSError: return None
+
+_SECRETS = {}   # (the TBOT_* environment, the working folder) -> (.env, its mtime, the credentials): a log line asks on every bar
+
 def secret_values(
     env:dict|None=None, # the environment; `os.environ` when None
 )->dict:                # variable name -> value, for every TBOT_* credential set in `env` or in `.env`
-    "The credentials a report must never contain."
-    env = os.environ if env is None else env
-    dotenv = read_dotenv(settings().root/'.env')
-    return {k: v for src in (dotenv, env) for k, v in src.items() if SECRET_ENV_RE.match(k) and len(v) >= 4}
+    "The credentials a report must never contain; from `os.environ`, read again only when the TBOT_* environment, the folder or `.env` changed."
+    if env is not None: return _secrets(env, settings().root/'.env')
+    key = (tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith('TBOT_'))), os.getcwd())
+    dotenv, mtime, values = _SECRETS.get(key) or (settings().root/'.env', None, None)
+    if values is None or _mtime(dotenv) != mtime:
+        _SECRETS.clear(); _SECRETS[key] = (dotenv, _mtime(dotenv), values := _secrets(os.environ, dotenv))
+    return dict(values)
 
 def secret_fragments(
     secret:str, # a credential's value

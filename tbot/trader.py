@@ -383,7 +383,7 @@ def run(self:Trader, stop:threading.Event|None=None)->str:
                 self.event('finished', f"the replay reached its end; last bar {self.last_bar}", time=self.last_bar); return 'finished'
             self.feed.wait(stop)
     except Exception as e:
-        if self.con is not None: self.event('error', (str(e).splitlines() or [type(e).__name__])[0][:300], time=self.last_bar)
+        if self.con is not None: self.event('error', (str(e).splitlines() or [type(e).__name__])[0][:300], time=self.last_bar, fatal=True)   # the run's end (`deployments`)
         raise
     self.event('stopped', 'stopped on request (Ctrl-C or SIGTERM); every bar processed is committed', time=self.last_bar)
     return 'stopped'

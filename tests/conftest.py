@@ -4,7 +4,7 @@
     p = tbot('regime', 'BTC/USDT', '1h', '--json')            # asserts exit 0 (check=True), returns CompletedProcess
     one_line_error(tbot('regime', 'DOGE/USDT', '1h', check=False), 'no DOGE/USDT')
 """
-import fcntl, os, subprocess, sys, tempfile
+import fcntl, os, sqlite3, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 import pytest
@@ -13,6 +13,26 @@ ROOT = Path(__file__).resolve().parents[1]                      # the checkout
 SHARED = ROOT.parent / 'shared' / 'data' / 'binance'             # the real Binance candles (freqtrade format), read-only
 TBOT = str(Path(sys.executable).parent / 'tbot')                 # the installed console command of this venv
 sys.path.insert(0, str(Path(__file__).parent))
+
+# --- waiting on a trader that runs in another process ---
+def try_rows(ledger:Path, sql:str, *args)->list:
+    "Rows read-only, or [] while the ledger or its tables do not exist yet."
+    if not Path(ledger).exists(): return []
+    try:
+        con = sqlite3.connect(f'file:{ledger}?mode=ro', uri=True, timeout=30)
+        try: return con.execute(sql, args).fetchall()
+        finally: con.close()
+    except sqlite3.OperationalError: return []
+
+def wait_for(cond, secs:float, what:str, proc=None, ledger=None, every:float=0.2):
+    "Wait until `cond()` is truthy and return it; on a timeout or a dead `proc`, fail saying what the ledger's trader recorded."
+    end, said = time.monotonic() + secs, lambda: '' if ledger is None else f"\nevents: {try_rows(ledger, 'SELECT kind, time, detail FROM events ORDER BY id')[-12:]}\nbars: {try_rows(ledger, 'SELECT time, equity, targets FROM bars ORDER BY time')[-5:]}"
+    while time.monotonic() < end:
+        v = cond()
+        if v: return v
+        if proc is not None and proc.poll() is not None: raise AssertionError(f"the process died while waiting for {what}: {proc.stderr.read()[-2000:] if proc.stderr else ''}{said()}")
+        time.sleep(every)
+    raise AssertionError(f"timed out after {secs} s waiting for {what}{said()}")
 
 # --- running on several cores (pytest-xdist, `make test`: -n 2) ---
 # Every test works in its own temp folders, on free ports. The one shared thing is the checkout: a test marked `alone` rewrites

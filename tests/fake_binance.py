@@ -38,7 +38,7 @@ from binance_stub import EXCHANGE_INFO, SHARED, kline_row
 TF_MS = {'1m': 60_000, '3m': 180_000, '5m': 300_000, '15m': 900_000, '30m': 1_800_000, '1h': 3_600_000, '2h': 7_200_000,
          '4h': 14_400_000, '6h': 21_600_000, '8h': 28_800_000, '12h': 43_200_000, '1d': 86_400_000}
 FAULTS = ('timeout', '429', '418', '500', '503', '1007', 'malformed', 'drop', 'skew', 'late', 'hole')
-ORDER_FAULTS = ('503_1007', 'accepted_1007', 'notfound', 'partial', 'lot_size', 'notional')   # for /api/v3/order (any FAULTS too)
+ORDER_FAULTS = ('503_1007', 'accepted_1007', 'notfound', 'partial', 'lot_size', 'notional', 'rests')   # 'rests': an IOC answered NEW, left on the book   # for /api/v3/order (any FAULTS too)
 _SIGNED = {'/api/v3/account', '/api/v3/order', '/api/v3/order/test', '/api/v3/openOrders', '/api/v3/myTrades'}
 
 def shared_candles(symbols=('BTC/USDT',), timeframes=('1h',), start=None, end=None)->dict:
@@ -255,7 +255,8 @@ class FakeBinance:
                  'origQty': f'{qty:.8f}', 'executedQty': '0.00000000', 'cummulativeQuoteQty': '0.00000000', 'status': 'NEW',
                  'timeInForce': tif if typ == 'LIMIT' else 'GTC', 'type': typ, 'side': side, 'time': now, 'updateTime': now, 'fills': []}
             crosses = typ == 'MARKET' or (at <= price if side == 'BUY' else at >= price)
-            if typ == 'MARKET' or (crosses and tif in ('IOC', 'FOK')):
+            if fault == 'rests': pass                            # answered before matching: NEW until it is cancelled
+            elif typ == 'MARKET' or (crosses and tif in ('IOC', 'FOK')):
                 take = qty
                 if fault == 'partial' or self.liquidity is not None:   # a thin book: only part of it there
                     share = 0.5 if fault == 'partial' else self.liquidity

@@ -103,6 +103,19 @@ def test_fees_are_recorded_in_the_asset_paid(tmp_path, fee_asset, paid):
             assert tr.broker.reconcile(tr) == []   # the ledger's balance of every asset, fees included, is the exchange's
         finally: tr.close()
 
+def test_an_order_answered_open_is_cancelled_and_recorded_once_at_its_end(tmp_path, fake):
+    "An IOC the exchange answers as NEW (still on the book) is not left 'acknowledged': it is cancelled, read again and settled, its symbol free."
+    tr = open_trader(fake, tmp_path / 'l.sqlite', tmp_path)
+    try:
+        fake.inject('rests', path='/api/v3/order')
+        assert tr.broker.submit(tr, 'BTC/USDT', 'buy', 0.002, 45000.0, '2022-04-10T11:00:00.000000Z', 'rebalance') == 'settled'
+        state, detail = tr.con.execute('SELECT state, detail FROM live_orders').fetchone()
+        assert state == 'settled' and 'found canceled, filled 0.0' in detail, detail
+        assert not [o for o in fake.orders.values() if o['status'] in ('NEW', 'PARTIALLY_FILLED')]   # nothing left on the book
+        assert tr.con.execute('SELECT COUNT(*) FROM fills').fetchone()[0] == 0 and tr.broker.frozen(tr) == set()
+        assert tr.broker.reconcile(tr) == []
+    finally: tr.close()
+
 # --- kill -9 between the intent and the send, and between the send and the answer ---------------------------------------------
 CHILD = '''
 import os, signal, sys, threading, time

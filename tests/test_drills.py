@@ -6,10 +6,11 @@
     full; with space again it resumes where it stopped;
 (c) the exchange (tests/fake_binance.py on 127.0.0.1) stops answering a live-candle paper trader: `tbot health` says unreachable,
     the watcher's notification fires, and no bar is traded while the candles cannot be had."""
-import http.server, json, os, signal, sqlite3, subprocess, threading, time
+import http.server, json, os, signal, subprocess, threading, time
 from pathlib import Path
 import pandas as pd, pytest
-from conftest import TBOT, tbot, one_line_error
+from conftest import TBOT, tbot, one_line_error, wait_for
+from conftest import try_rows as rows
 from tbot.data import Series, read_candle_file, write_series
 
 SYMS = ('BTC/USDT', 'ETH/USDT')
@@ -38,21 +39,7 @@ def write_store(d:Path, shared:Path)->Path:
 
 def env_for(d:Path, **extra)->dict: return {**os.environ, 'TBOT_DATA_DIR': str(d), 'TBOT_REPORTS_DIR': str(d.parent / 'reports'), **extra}
 
-def rows(led:Path, sql:str)->list:
-    con = sqlite3.connect(f'file:{led}?mode=ro', uri=True, timeout=30)
-    try: return con.execute(sql).fetchall()
-    except sqlite3.OperationalError: return []
-    finally: con.close()
-
-def n_bars(led:Path)->int: return rows(led, 'SELECT COUNT(*) FROM bars')[0][0] if led.exists() and rows(led, 'SELECT COUNT(*) FROM bars') else 0
-
-def wait_for(cond, secs:float, what:str):
-    end = time.monotonic() + secs
-    while time.monotonic() < end:
-        v = cond()
-        if v: return v
-        time.sleep(0.5)
-    raise AssertionError(f'timed out waiting for {what}')
+def n_bars(led:Path)->int: return (rows(led, 'SELECT COUNT(*) FROM bars') or [(0,)])[0][0]
 
 def health(env, led, *only)->subprocess.CompletedProcess:
     return subprocess.run([TBOT, 'health', '--ledger', str(led), '--no-ping', '--only', ','.join(only)], env=env, capture_output=True, text=True, timeout=120)

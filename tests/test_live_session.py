@@ -7,11 +7,11 @@ no client order id was sent twice, and no artefact holds the key, the secret or 
 The candles are the real 1m BTC/USDT and ETH/USDT candles of November 2021, moved in time so that the machine's minute is a bar
 in which the agent holds a position: bars close every minute of wall time, and the preflight sees an exchange clock that agrees
 with ours."""
-import collections, json, os, re, signal, sqlite3, subprocess, time
-from pathlib import Path
+import collections, json, os, re, signal, subprocess
 import pandas as pd
 import pytest
-from conftest import SHARED, TBOT, one_line_error
+from conftest import SHARED, TBOT, one_line_error, wait_for
+from conftest import try_rows as rows
 from fake_binance_rails import FakeBinanceRails
 from tbot.data import Series, read_candle_file, write_series
 from tbot.params import find_secrets, secret_in
@@ -33,24 +33,6 @@ def minute_candles(now:pd.Timestamp)->dict:
         h = read_candle_file(SHARED / f"{s.replace('/', '_')}-1h.feather").iloc[-100:]
         out[(s.replace('/', ''), '1h')] = h.set_axis(h.index + (now.floor('h') - h.index[-1]))
     return out
-
-def rows(ledger:Path, sql:str, *args)->list:
-    "Rows read-only, or [] while the ledger or its tables do not exist yet."
-    if not ledger.exists(): return []
-    try:
-        con = sqlite3.connect(f'file:{ledger}?mode=ro', uri=True, timeout=30)
-        try: return con.execute(sql, args).fetchall()
-        finally: con.close()
-    except sqlite3.OperationalError: return []
-
-def wait_for(cond, secs:float, what:str, proc=None, ledger=None):
-    "Wait until `cond()`; on a timeout or a dead trader, say what the trader recorded."
-    end, said = time.monotonic() + secs, lambda: '' if ledger is None else f"\nevents: {rows(ledger, 'SELECT kind, time, detail FROM events ORDER BY id')[-12:]}\nbars: {rows(ledger, 'SELECT time, equity, targets FROM bars ORDER BY time')[-5:]}"
-    while time.monotonic() < end:
-        if cond(): return
-        if proc is not None and proc.poll() is not None: raise AssertionError(f"the trader died while waiting for {what}: {proc.stderr.read()[-2000:]}{said()}")
-        time.sleep(0.5)
-    raise AssertionError(f"waited {secs} s for {what}{said()}")
 
 @pytest.fixture
 def session(tmp_path):
@@ -109,7 +91,7 @@ def test_a_live_session_trades_within_its_caps_halts_on_request_and_ends_on_the_
         b, q = sym.split('/')
         exp[b] = exp.get(b, 0.0) + units; exp[q] = exp.get(q, 0.0) - units * price; exp[asset or q] -= fee
     for a in ('USDT', 'BTC', 'ETH'):
-        assert abs(fake.balances.get(a, 0.0) - exp.get(a, 0.0)) <= (0.01 if a == 'USDT' else 1e-4), (a, fake.balances, exp)
+        assert abs(fake.balances.get(a, 0.0) - exp.get(a, 0.0)) <= 1e-6, (a, fake.balances, exp)
     assert fake.balances.get('BTC', 0.0) * fake.last_close('BTCUSDT') < 5 and fake.balances.get('ETH', 0.0) * fake.last_close('ETHUSDT') < 5, fake.balances
     # no secret anywhere: the output, the ledger, the store, the reports, the settings
     secrets = {'TBOT_BINANCE_API_KEY': KEY, 'TBOT_BINANCE_API_SECRET': SECRET}

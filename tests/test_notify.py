@@ -5,7 +5,7 @@ no secret (a webhook token, an exchange key) appears in any message or record.""
 import http.server, json, os, shutil, signal, socket, subprocess, threading, time
 from pathlib import Path
 import pytest
-from conftest import TBOT, tbot, one_line_error
+from conftest import TBOT, tbot, one_line_error, wait_for
 
 TOKEN = 'hooktoken-7f3a9c2e5b1d'                      # the webhook's secret path
 KEY, SECRET = 'apikey-5e8d2c7a9f41b6', 'apisecret-3c9e1a7d5b2f80'
@@ -84,9 +84,7 @@ def test_watch_events_alarms_and_restart(candles, tmp_path, hook):
     tr = subprocess.Popen([TBOT, 'paper', 'start', '--replay', '2022-05-01:2022-05-31', '--speed', '3600'], env={**os.environ, **env},
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(120):
-            if tbot('health', '--only', 'trader', env=env, check=False).returncode == 0: break
-            time.sleep(1)
+        wait_for(lambda: tbot('health', '--only', 'trader', env=env, check=False).returncode == 0, 120, 'the trader healthy again', proc=tr)
         kinds = [m['kind'] for m in json.loads(tbot('notify', 'watch', '--once', '--json', env=env).stdout)]
         assert 'started' in kinds and 'trader_down' in kinds   # the alarm ended: told as over
         assert any(t == 'tbot ledger: trader down is over' for t in titles(hook))

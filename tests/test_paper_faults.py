@@ -8,7 +8,7 @@ nothing written) and live against the fake server, whose clock the test moves on
 import json, os, random, signal, socket, sqlite3, subprocess, threading, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
-from conftest import TBOT, tbot, one_line_error
+from conftest import TBOT, tbot, one_line_error, try_rows, wait_for
 from fake_binance import FAULTS, FakeBinance, shared_candles
 from tbot.config import TbotError
 from tbot.data import Series, write_series
@@ -192,20 +192,6 @@ def test_live_start_against_an_unreachable_exchange_is_one_line_fast_and_writes_
     assert took < 15, took
     assert sorted((str(p), p.stat().st_mtime_ns) for p in d.rglob('*')) == before   # no ledger, no lock, the store untouched
     assert not any(p.name.startswith('ledger') for p in d.iterdir())
-
-def wait_for(cond, secs:float, what:str):
-    end = time.monotonic() + secs
-    while time.monotonic() < end:
-        v = cond()
-        if v: return v
-        time.sleep(0.1)
-    raise AssertionError(f'timed out after {secs} s waiting for {what}')
-
-def try_rows(ledger:Path, sql:str)->list:
-    "`rows`, or [] while the ledger or its tables are not created yet."
-    if not ledger.exists(): return []
-    try: return rows(ledger, sql)
-    except sqlite3.OperationalError: return []
 
 def bar_times(ledger:Path)->list: return [pd.Timestamp(t) for (t,) in try_rows(ledger, 'SELECT time FROM bars ORDER BY time')]
 
