@@ -14,7 +14,7 @@ from ccxt.base.decimal_to_precision import decimal_to_precision, TRUNCATE, ROUND
 from .agent import load_policy
 from .config import Settings, TbotError, settings
 from .data import timeframe_delta
-from .exchange import Exchange, OrderRejected, OrderOutcomeUnknown
+from .exchange import Exchange, Malformed, OrderRejected, OrderOutcomeUnknown
 from .ledger import utc_text
 from .feed import LiveFeed
 from .live import RISK_EVENTS, RiskState, last_risk_event, caps, kill_requests, live_secrets, live_settings, risk_step, scrub, spent, status as live_status
@@ -364,7 +364,9 @@ def attach(self:LiveBroker, tr):
 @patch
 def price_now(self:LiveBroker, symbol:str)->float:
     "The last price: the close so far of the candle still open (of the trader's finest timeframe)."
-    rows = self.ex.call(self.ex.client.fetch_ohlcv, symbol, self.tf, None, 1, what=f'{self.ex.id} {symbol} price')
+    def usable(rows):   # an empty or short answer is retried, then a TbotError the trader waits out; never an IndexError that ends it
+        if not isinstance(rows, list) or not rows or len(rows[-1]) < 5 or not rows[-1][4]: raise Malformed(f"no candle in {str(rows)[:60]!r}")
+    rows = self.ex.call(self.ex.client.fetch_ohlcv, symbol, self.tf, None, 1, what=f'{self.ex.id} {symbol} price', check=usable)
     return float(rows[-1][4])
 
 def _equity(tr)->float:

@@ -37,7 +37,7 @@ from binance_stub import EXCHANGE_INFO, SHARED, kline_row
 
 TF_MS = {'1m': 60_000, '3m': 180_000, '5m': 300_000, '15m': 900_000, '30m': 1_800_000, '1h': 3_600_000, '2h': 7_200_000,
          '4h': 14_400_000, '6h': 21_600_000, '8h': 28_800_000, '12h': 43_200_000, '1d': 86_400_000}
-FAULTS = ('timeout', '429', '418', '500', '503', '1007', 'malformed', 'drop', 'skew', 'late', 'hole')
+FAULTS = ('timeout', '429', '418', '500', '503', '1007', 'malformed', 'drop', 'skew', 'late', 'hole', 'empty')   # 'empty': 200 with []
 ORDER_FAULTS = ('503_1007', 'accepted_1007', 'notfound', 'partial', 'lot_size', 'notional', 'rests')   # 'rests': an IOC answered NEW, left on the book   # for /api/v3/order (any FAULTS too)
 _SIGNED = {'/api/v3/account', '/api/v3/order', '/api/v3/order/test', '/api/v3/openOrders', '/api/v3/myTrades'}
 
@@ -329,6 +329,7 @@ class FakeBinance:
         if fault == '1007': return 408, _err(-1007, 'Timeout waiting for response from backend server. Send status unknown; execution status unknown.'), {}
         if fault == 'skew': return 400, _err(-1021, "Timestamp for this request was 1000ms ahead of the server's time."), {}
         if fault == 'malformed': return 200, '[[1672531200000,"16541.77","16545.70"', {}
+        if fault == 'empty': return 200, '[]', {}
         if fault == 'drop': return None, None, {}
         if path == '/api/v3/ping': return 200, '{}', {}
         if path == '/api/v3/time': return 200, json.dumps({'serverTime': self.now_ms()}), {}

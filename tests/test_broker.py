@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st, HealthCheck
 from fake_binance import FakeBinance, shared_candles
 from tbot.broker import LiveBroker, plan_order
+from tbot.config import TbotError
 from tbot.exchange import Exchange, Market, OrderRejected, connect
 from tbot.risk import stop_state
 from tbot.trader import order_id
@@ -103,18 +104,32 @@ def test_fees_are_recorded_in_the_asset_paid(tmp_path, fee_asset, paid):
             assert tr.broker.reconcile(tr) == []   # the ledger's balance of every asset, fees included, is the exchange's
         finally: tr.close()
 
-def test_an_order_answered_open_is_cancelled_and_recorded_once_at_its_end(tmp_path, fake):
+def test_an_order_answered_open_is_cancelled_and_recorded_once_at_its_end(tmp_path):
     "An IOC the exchange answers as NEW (still on the book) is not left 'acknowledged': it is cancelled, read again and settled, its symbol free."
-    tr = open_trader(fake, tmp_path / 'l.sqlite', tmp_path)
-    try:
-        fake.inject('rests', path='/api/v3/order')
-        assert tr.broker.submit(tr, 'BTC/USDT', 'buy', 0.002, 45000.0, '2022-04-10T11:00:00.000000Z', 'rebalance') == 'settled'
-        state, detail = tr.con.execute('SELECT state, detail FROM live_orders').fetchone()
-        assert state == 'settled' and 'found canceled, filled 0.0' in detail, detail
-        assert not [o for o in fake.orders.values() if o['status'] in ('NEW', 'PARTIALLY_FILLED')]   # nothing left on the book
-        assert tr.con.execute('SELECT COUNT(*) FROM fills').fetchone()[0] == 0 and tr.broker.frozen(tr) == set()
-        assert tr.broker.reconcile(tr) == []
-    finally: tr.close()
+    with FakeBinance(shared_candles(('BTC/USDT', 'ETH/USDT'), ('1h',), '2022-04-01', '2022-04-30'), now='2022-04-10 12:00:01',
+                     balances={'USDT': 1000.0}, fee_asset='quote', slippage=0.0005) as f:
+        tr = open_trader(f, tmp_path / 'l.sqlite', tmp_path)
+        try:
+            f.inject('rests', path='/api/v3/order')
+            assert tr.broker.submit(tr, 'BTC/USDT', 'buy', 0.002, 45000.0, '2022-04-10T11:00:00.000000Z', 'rebalance') == 'settled'
+            state, detail = tr.con.execute('SELECT state, detail FROM live_orders').fetchone()
+            assert state == 'settled' and 'found canceled, filled 0.0' in detail, detail
+            assert [o['status'] for o in f.orders.values()] == ['CANCELED']   # nothing left on the book
+            assert tr.con.execute('SELECT COUNT(*) FROM fills').fetchone()[0] == 0 and tr.broker.frozen(tr) == set()
+            assert tr.broker.reconcile(tr) == []
+        finally: tr.close()
+
+def test_an_empty_price_answer_is_a_failed_request_not_a_crash(tmp_path):
+    "No candle in the answer for the price now: retried, then a TbotError (which the trader waits out), never an IndexError that ends it."
+    with FakeBinance(shared_candles(('BTC/USDT', 'ETH/USDT'), ('1h',), '2022-04-01', '2022-04-30'), now='2022-04-10 12:00:01',
+                     balances={'USDT': 1000.0}, fee_asset='quote', slippage=0.0005) as f:
+        tr = open_trader(f, tmp_path / 'l.sqlite', tmp_path)
+        try:
+            f.inject(*['empty'] * 20, path='/api/v3/klines')
+            with pytest.raises(TbotError, match='BTC/USDT price'): tr.broker.price_now('BTC/USDT')
+            with f.lock: f._queues.clear()   # the exchange answers again
+            assert tr.broker.price_now('BTC/USDT') > 0
+        finally: tr.close()
 
 # --- kill -9 between the intent and the send, and between the send and the answer ---------------------------------------------
 CHILD = '''
