@@ -37,8 +37,9 @@ from binance_stub import EXCHANGE_INFO, SHARED, kline_row
 
 TF_MS = {'1m': 60_000, '3m': 180_000, '5m': 300_000, '15m': 900_000, '30m': 1_800_000, '1h': 3_600_000, '2h': 7_200_000,
          '4h': 14_400_000, '6h': 21_600_000, '8h': 28_800_000, '12h': 43_200_000, '1d': 86_400_000}
-FAULTS = ('timeout', '429', '418', '500', '503', '1007', 'malformed', 'drop', 'skew', 'late', 'hole', 'empty')   # 'empty': 200 with []
-ORDER_FAULTS = ('503_1007', 'accepted_1007', 'notfound', 'partial', 'lot_size', 'notional', 'rests')   # 'rests': an IOC answered NEW, left on the book   # for /api/v3/order (any FAULTS too)
+FAULTS = ('timeout', '429', '418', '500', '503', '1007', 'malformed', 'drop', 'skew', 'late', 'hole')
+NAMED_FAULTS = ('empty',)   # injected by name only, never drawn by the fault suites: 'empty' answers 200 with []
+ORDER_FAULTS = ('503_1007', 'accepted_1007', 'notfound', 'partial', 'lot_size', 'notional', 'rests')   # for /api/v3/order (any FAULTS too); 'rests': an IOC answered NEW
 _SIGNED = {'/api/v3/account', '/api/v3/order', '/api/v3/order/test', '/api/v3/openOrders', '/api/v3/myTrades'}
 
 def shared_candles(symbols=('BTC/USDT',), timeframes=('1h',), start=None, end=None)->dict:
@@ -95,7 +96,7 @@ class FakeBinance:
     # --- faults -----------------------------------------------------------------------------------------------------
     def inject(self, *kinds, path:str='/api/v3/klines'):
         "Queue faults for the next requests to `path` ('*': any path), one per request; None: answer that one normally."
-        for k in kinds: assert k is None or k in FAULTS + ORDER_FAULTS, k
+        for k in kinds: assert k is None or k in FAULTS + ORDER_FAULTS + NAMED_FAULTS, k
         with self.lock: self._queues.setdefault(path, []).extend(kinds)
 
     def _next_fault(self, path):
